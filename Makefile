@@ -1,0 +1,55 @@
+# fedglioma: two commands do everything on a fresh machine.
+#   make demo   set up .venv and run the whole workflow on the built-in synthetic cohort
+#   make test   set up .venv and run lint checks and the test suite
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= all
+SNAKEMAKE := $(BIN)/snakemake
+
+.PHONY: demo test setup lint system-deps bench bench-quick clean help
+
+help:
+	@echo "make demo   - set up and run the whole pipeline on the synthetic demo cohort"
+	@echo "make test   - set up and run lint checks and the test suite"
+
+# torch first: 2.13.0 is a CPU build served locally; a bare `torch` would pull a CUDA build.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
+	@$(BIN)/fedglioma headline results/report/metrics.json
+	@echo "Report: $(CURDIR)/results/report/index.html"
+
+lint: $(STAMP)
+	$(BIN)/ruff check workflow/scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(SNAKEMAKE) --lint --cores 1
+
+# Debian packages the tests use: headless Chromium opens the HTML report (the SLURM test installs
+# its own daemons through tests/slurm/cluster.sh). Skipped when not root or without apt-get.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
+test: lint system-deps
+	XDG_DATA_HOME=$(CURDIR)/.venv/xdg $(BIN)/pytest tests
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run.py --quick
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf results logs benchmarks/*.tsv .snakemake

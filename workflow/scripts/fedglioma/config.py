@@ -1,0 +1,126 @@
+"""Loading and validating ``config.yaml`` and ``sites.tsv`` outside Snakemake.
+
+The workflow validates with Snakemake's ``validate`` (same schemas, in
+``workflow/schemas/``); the command line uses :func:`load_config` and
+:func:`load_sites`, which apply the schema defaults the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from fedglioma.errors import ConfigError, InputError
+from fedglioma.io.layouts import DEFAULT_TUMOUR_LABELS
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return yaml.safe_load((SCHEMA_DIR / name).read_text())
+
+
+def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    for key, sub in (schema.get("properties") or {}).items():
+        if key not in obj and "default" in sub:
+            obj[key] = copy.deepcopy(sub["default"])
+        if isinstance(obj.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(obj[key], sub)
+
+
+def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, Any]:
+    """Fill schema defaults into a copy of ``obj`` and validate it; raise :class:`ConfigError`."""
+    schema = _schema(schema_name)
+    out = copy.deepcopy(obj)
+    _fill_defaults(out, schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(out), key=lambda e: list(e.path))
+    if errors:
+        msgs = [f"{what}: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors]
+        raise ConfigError("\n".join(msgs))
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate ``config.yaml`` (defaults filled in)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    return validate(yaml.safe_load(p.read_text()) or {}, "config.schema.yaml", what=str(p))
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    """One validated row of ``sites.tsv``."""
+
+    site: str
+    role: str
+    layout: str
+    path: str
+    clinical: str
+    tumour_labels: tuple[int, ...]
+    skull_stripped: bool
+    space: str
+    slurm_partition: str
+    slurm_account: str
+
+    @property
+    def is_external(self) -> bool:
+        return self.role == "external"
+
+
+def site_row(rec: Mapping[str, Any]) -> SiteRow:
+    """Build a :class:`SiteRow` from a validated record (schema defaults applied)."""
+    labels = str(rec.get("tumour_labels") or "").strip()
+    tumour = tuple(int(v) for v in labels.split(",")) if labels else DEFAULT_TUMOUR_LABELS[rec["layout"]]
+    return SiteRow(
+        site=rec["site"],
+        role=rec["role"],
+        layout=rec["layout"],
+        path=rec["path"],
+        clinical=rec.get("clinical") or "",
+        tumour_labels=tumour,
+        skull_stripped=rec["skull_stripped"] == "yes",
+        space=rec["space"],
+        slurm_partition=rec.get("slurm_partition") or "",
+        slurm_account=rec.get("slurm_account") or "",
+    )
+
+
+def read_sites_table(path: str | Path) -> pd.DataFrame:
+    """Read ``sites.tsv`` as strings (empty cells as empty strings)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sites table not found: {p}")
+    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    return df
+
+
+def check_site_table(rows: list[SiteRow], *, file: str | Path) -> None:
+    """Cross-row rules: unique IDs, exactly one external site, at least one training site."""
+    ids = [r.site for r in rows]
+    dups = sorted({s for s in ids if ids.count(s) > 1})
+    if dups:
+        raise InputError(f"duplicated site IDs {dups}", file=file, fix="give every site a unique ID")
+    n_ext = sum(r.is_external for r in rows)
+    if n_ext != 1:
+        raise InputError(f"{n_ext} external sites; exactly one is required", file=file, fix="set role=external on one row")
+    if not any(r.role == "train" for r in rows):
+        raise InputError("no training site", file=file, fix="set role=train on the training sites")
+
+
+def load_sites(path: str | Path) -> list[SiteRow]:
+    """Read, validate and check ``sites.tsv``."""
+    df = read_sites_table(path)
+    rows = []
+    for i, rec in enumerate(df.to_dict(orient="records")):
+        rec = {k: v for k, v in rec.items() if v != "" or k == "path"}
+        rows.append(site_row(validate(rec, "sites.schema.yaml", what=f"{path} row {i + 2}")))
+    check_site_table(rows, file=path)
+    return rows

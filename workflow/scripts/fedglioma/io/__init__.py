@@ -1,0 +1,1 @@
+"""Reading site data: layouts, NIfTI checks, clinical-label harmonisation."""

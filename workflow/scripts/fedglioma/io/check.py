@@ -1,0 +1,128 @@
+"""``fedglioma check-inputs``: validate the input contract without running anything."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedglioma.config import SiteRow
+from fedglioma.constants import MODALITIES, TASKS
+from fedglioma.errors import InputError
+from fedglioma.io.clinical import ClinicalMapping, harmonise, read_table
+from fedglioma.io.layouts import Subject, discover
+from fedglioma.io.nifti import check_same_grid, load_nifti
+
+
+@dataclass
+class SiteCheck:
+    """What ``check_site`` found at one site."""
+
+    row: SiteRow
+    subjects: list[Subject] = field(default_factory=list)
+    labels: pd.DataFrame | None = None
+    problems: list[InputError] = field(default_factory=list)
+
+
+def check_seg_values(data: np.ndarray, tumour_labels: Sequence[int], *, site: str, subject: str, file: Path) -> None:
+    """Raise when the segmentation holds a value that is neither background nor a declared tumour label."""
+    values = set(np.unique(data).astype(int).tolist())
+    unknown = sorted(values - {0} - set(tumour_labels))
+    if unknown or not np.allclose(data, np.round(data)):
+        raise InputError(
+            f"segmentation has label values {unknown or 'that are not integers'} not declared as tumour labels "
+            f"{list(tumour_labels)}",
+            site=site,
+            subject=subject,
+            file=file,
+            fix="declare the labels in the tumour_labels column of sites.tsv (or remove them from the mask)",
+        )
+
+
+def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels: bool = True) -> list[InputError]:
+    """Open every file of a subject; return the problems (never raises InputError)."""
+    problems: list[InputError] = []
+    ref = None
+    for mod in MODALITIES:
+        try:
+            img = load_nifti(s.images[mod], site=s.site, subject=s.subject, load_data=read_voxels)
+            if mod == "T1c":
+                ref = img
+        except InputError as e:
+            problems.append(e)
+    if s.seg is not None:
+        try:
+            seg = load_nifti(s.seg, site=s.site, subject=s.subject, load_data=read_voxels, allow_empty=True)
+            if ref is not None:
+                check_same_grid(ref, seg, site=s.site, subject=s.subject, file=s.seg, what="segmentation")
+            if read_voxels:
+                check_seg_values(np.asanyarray(seg.dataobj), tumour_labels, site=s.site, subject=s.subject, file=s.seg)
+        except InputError as e:
+            problems.append(e)
+    return problems
+
+
+def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, read_voxels: bool = True,
+               layout_options: Mapping[str, Any] | None = None) -> SiteCheck:
+    """Check one site: folder layout, every image, the clinical table, and their agreement."""
+    out = SiteCheck(row)
+    try:
+        found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
+    except InputError as e:
+        out.problems.append(e)
+        return out
+    out.problems.extend(found.problems)
+    if not found.subjects and not found.problems:
+        out.problems.append(InputError(f"no subjects found in the {row.layout} layout", site=row.site, file=row.path,
+                                       fix="check the path and layout columns of sites.tsv"))
+    for s in found.subjects:
+        bad = check_subject_files(s, row.tumour_labels, read_voxels=read_voxels)
+        out.problems.extend(bad)
+        if not bad:
+            out.subjects.append(s)
+    if row.clinical:
+        try:
+            table = read_table(row.clinical, site=row.site)
+            labels = harmonise(table, ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site, file=row.clinical)
+            with_images = {s.subject for s in found.subjects} | {p.subject for p in found.problems if p.subject}
+            for sid in labels["subject"]:
+                if sid not in with_images:
+                    out.problems.append(InputError("listed in the clinical table but has no images", site=row.site,
+                                                   subject=sid, file=row.clinical,
+                                                   fix="add the subject's images or remove the row"))
+            out.labels = labels
+        except InputError as e:
+            out.problems.append(e)
+    return out
+
+
+def summary_table(checks: Sequence[SiteCheck]) -> pd.DataFrame:
+    """One row per subject: site, role, subject, modalities found, segmentation, labels available."""
+    rows = []
+    for c in checks:
+        labels = c.labels.set_index("subject") if c.labels is not None else None
+        for s in c.subjects:
+            rec: dict[str, Any] = {"site": c.row.site, "role": c.row.role, "subject": s.subject,
+                                   "modalities": ",".join(m for m in MODALITIES if m in s.images),
+                                   "seg": "yes" if s.seg else "no"}
+            for t in TASKS:
+                v = labels[t].get(s.subject, np.nan) if labels is not None and s.subject in labels.index else np.nan
+                rec[t] = "-" if pd.isna(v) else int(v)
+            rows.append(rec)
+    return pd.DataFrame(rows, columns=["site", "role", "subject", "modalities", "seg", *TASKS])
+
+
+def site_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-site counts: subjects, with segmentation, with each label."""
+    if table.empty:
+        return pd.DataFrame(columns=["site", "role", "subjects", "seg", *TASKS])
+    g = table.groupby(["site", "role"], sort=False)
+    out = g.size().rename("subjects").to_frame()
+    out["seg"] = g["seg"].apply(lambda s: int((s == "yes").sum()))
+    for t in TASKS:
+        out[t] = g[t].apply(lambda s: int((s != "-").sum()))
+    return out.reset_index()

@@ -1,0 +1,211 @@
+"""Clinical-label harmonisation to the four targets (IDH, 1p/19q, MGMT, WHO grade).
+
+Each site's clinical table maps to ``labels.tsv`` with columns
+``subject, idh, codeletion, mgmt, grade``: idh 1 = mutant / 0 = wildtype,
+codeletion 1 = codeleted / 0 = intact, mgmt 1 = methylated / 0 = unmethylated,
+grade 2/3/4. A missing value stays missing (empty cell, NaN in pandas); it is
+never imputed. An unknown spelling is an error naming the file, row and column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedglioma.constants import TASKS
+from fedglioma.errors import InputError
+
+MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate"}
+
+#: Built-in spellings per target (lower-case, stripped); sites add their own in config.
+SPELLINGS: dict[str, dict[str, float]] = {
+    "idh": {
+        **dict.fromkeys(["mutant", "mutated", "mut", "idh-mutant", "idh mutant", "idhmut", "idh-mut", "positive", "1", "yes", "true"], 1.0),
+        **dict.fromkeys(["wildtype", "wild-type", "wild type", "wt", "idh-wildtype", "idh wildtype", "idhwt", "negative", "0", "no", "false"], 0.0),
+    },
+    "codeletion": {
+        **dict.fromkeys(["codeleted", "co-deleted", "codeletion", "deleted", "1p/19q codeleted", "positive", "1", "yes", "true"], 1.0),
+        **dict.fromkeys(["intact", "non-codeleted", "not codeleted", "non-codel", "retained", "negative", "0", "no", "false"], 0.0),
+    },
+    "mgmt": {
+        **dict.fromkeys(["methylated", "methylation", "positive", "1", "yes", "true", "m"], 1.0),
+        **dict.fromkeys(["unmethylated", "un-methylated", "not methylated", "negative", "0", "no", "false", "u"], 0.0),
+    },
+}
+
+_ROMAN = {"ii": 2, "iii": 3, "iv": 4}
+_GRADE_RX = re.compile(r"^(?:who\s*(?:cns\s*)?)?(?:grade\s*|g)?(?P<g>ii|iii|iv|[234])(?:\.0)?$")
+
+
+def parse_grade(value: str) -> float | None:
+    """Parse a WHO grade spelling: ``4``, ``IV``, ``G4``, ``grade 4``, ``WHO grade IV``, ``WHO CNS grade 4``.
+
+    Returns 2.0/3.0/4.0, NaN for a missing spelling, or None when unknown.
+    """
+    v = value.strip().lower()
+    if v in MISSING:
+        return float("nan")
+    m = _GRADE_RX.match(v)
+    if not m:
+        return None
+    g = m["g"]
+    return float(_ROMAN.get(g, int(g) if g.isdigit() else 0)) or None
+
+
+@dataclass
+class ClinicalMapping:
+    """How one site's clinical table maps to the targets (config ``clinical:`` section)."""
+
+    id_column: str = "subject"
+    columns: dict[str, str] = field(
+        default_factory=lambda: {"idh": "IDH", "codeletion": "1p19q", "mgmt": "MGMT", "grade": "grade"}
+    )
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, clinical_cfg: Mapping[str, Any] | None, site: str) -> ClinicalMapping:
+        """Merge ``clinical.default`` with ``clinical.sites.<site>`` from config."""
+        cfg = dict(clinical_cfg or {})
+        merged = cls()
+        for part in (cfg.get("default") or {}, (cfg.get("sites") or {}).get(site) or {}):
+            if "id_column" in part:
+                merged.id_column = part["id_column"]
+            merged.columns.update(part.get("columns") or {})
+            for task, extra in (part.get("values") or {}).items():
+                merged.values.setdefault(task, {}).update(extra)
+        return merged
+
+
+def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+        return float("nan")
+    text = str(raw).strip()
+    low = text.lower()
+    extra = {k.strip().lower(): v for k, v in mapping.values.get(task, {}).items()}
+    if low in extra:
+        text = str(extra[low])
+        low = text.lower()
+    if low in MISSING:
+        return float("nan")
+    if task == "grade":
+        return parse_grade(text)
+    return SPELLINGS[task].get(low)
+
+
+def read_table(path: str | Path, *, site: str) -> pd.DataFrame:
+    """Read a clinical table (TSV, CSV or Excel-free plain text) with every cell as a string."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("clinical table not found", site=site, file=p, fix="check the clinical column of sites.tsv")
+    sep = "," if p.suffix.lower() == ".csv" else "\t"
+    try:
+        return pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"clinical table cannot be parsed ({exc})", site=site, file=p, fix="save it as TSV or CSV") from exc
+
+
+def harmonise(table: pd.DataFrame, mapping: ClinicalMapping, *, site: str, file: str | Path) -> pd.DataFrame:
+    """Map a raw clinical table to ``subject, idh, codeletion, mgmt, grade`` (float, NaN missing).
+
+    Raises :class:`InputError` listing every unknown spelling (file, row, column), an
+    absent ID column or a duplicated subject.
+    """
+    if mapping.id_column not in table.columns:
+        raise InputError(
+            f"ID column {mapping.id_column!r} not found (columns: {', '.join(table.columns)})",
+            site=site,
+            file=file,
+            fix="set clinical.<site>.id_column in config.yaml",
+        )
+    problems: list[str] = []
+    out = pd.DataFrame({"subject": table[mapping.id_column].astype(str).str.strip()})
+    dup = out["subject"][out["subject"].duplicated()].unique().tolist()
+    if dup:
+        problems.append(f"duplicated subject IDs {dup}")
+    for task in TASKS:
+        col = mapping.columns.get(task)
+        if not col or col not in table.columns:
+            out[task] = np.nan  # the site does not provide this label at all
+            continue
+        coded = []
+        for i, raw in enumerate(table[col].tolist()):
+            c = _code(task, raw, mapping)
+            if c is None:
+                # row numbers as a spreadsheet shows them: header is row 1
+                problems.append(f"row {i + 2}, column {col!r}: unknown value {raw!r} for {task}")
+                c = float("nan")
+            coded.append(c)
+        out[task] = np.asarray(coded, dtype=float)
+    if problems:
+        raise InputError(
+            "; ".join(problems),
+            site=site,
+            file=file,
+            fix="correct the values or add the spelling under clinical.sites.<site>.values in config.yaml",
+        )
+    return out
+
+
+def write_labels(labels: pd.DataFrame, path: str | Path) -> None:
+    """Write harmonised labels as TSV (empty cell = missing), atomically."""
+    from fedglioma.atomic import atomic_path
+
+    df = labels[["subject", *TASKS]].copy()
+    for t in TASKS:
+        df[t] = df[t].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """Read a harmonised ``labels.tsv`` (missing as NaN)."""
+    df = pd.read_csv(path, sep="\t", dtype={"subject": str})
+    for t in TASKS:
+        df[t] = pd.to_numeric(df[t], errors="raise").astype(float)
+    return df
+
+
+def site_labels(
+    subjects: list[str],
+    clinical: str | Path | None,
+    mapping: ClinicalMapping,
+    *,
+    site: str,
+) -> pd.DataFrame:
+    """Harmonised labels for exactly ``subjects`` (missing rows -> all labels missing).
+
+    A clinical row whose subject has no images is an error (a typo in an ID would
+    otherwise silently drop that subject's labels).
+    """
+    if clinical:
+        labels = harmonise(read_table(clinical, site=site), mapping, site=site, file=clinical)
+        orphans = sorted(set(labels["subject"]) - set(subjects))
+        if orphans:
+            raise InputError(
+                f"subjects {orphans} are listed in the clinical table but have no images",
+                site=site,
+                file=clinical,
+                fix="add their images, fix the IDs, or remove the rows",
+            )
+    else:
+        labels = pd.DataFrame(columns=["subject", *TASKS])
+    base = pd.DataFrame({"subject": subjects})
+    return base.merge(labels, on="subject", how="left")[["subject", *TASKS]]
+
+
+def write_site_labels(row: Any, clinical_cfg: Mapping[str, Any] | None, out: str | Path,
+                      layout_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Discover a site's subjects and write its harmonised ``labels.tsv``."""
+    from fedglioma.io.layouts import discover
+
+    found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
+    labels = site_labels([s.subject for s in found.subjects], row.clinical or None,
+                         ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site)
+    write_labels(labels, out)
+    return labels
