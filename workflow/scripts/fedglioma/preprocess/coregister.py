@@ -1,0 +1,136 @@
+"""Step 2, coregister: rigid registration of T1, T2 and FLAIR onto the T1c (same session).
+
+Every output is on the T1c grid. The tumour mask must already be on the T1c grid
+(it is checked at import) and is kept as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+from fedglioma.atomic import atomic_dir
+from fedglioma.constants import MODALITIES
+from fedglioma.errors import ConfigError, InputError
+from fedglioma.preprocess.common import (
+    REFERENCE,
+    check_unknown_params,
+    from_ants,
+    read_step,
+    rel_to_subject,
+    same_grid,
+    timer,
+    to_ants,
+    tumour_name,
+    write_step,
+)
+from fedglioma.preprocess.registration import check_transform, register, schedule
+
+log = logging.getLogger("fedglioma.preprocess.coregister")
+
+#: Parameters of this step with their defaults (config ``preprocess.coregister``).
+DEFAULTS: dict[str, Any] = {
+    "skip": False,
+    "transform": "Rigid",
+    "working_resolution_mm": 2.0,
+    "shrink": [4, 2],
+    "smoothing": [2, 1],
+    "iterations": [100, 50],
+    "sampling": 32,
+    "sampling_rate": 0.2,
+    "interpolator": "linear",
+    "init": "identity",
+    "seed": 1,
+}
+INTERPOLATORS = {"linear", "bSpline", "lanczosWindowedSinc", "nearestNeighbor"}
+
+
+def rigid_to_reference(
+    fixed: nib.Nifti1Image,
+    moving: nib.Nifti1Image,
+    *,
+    workdir: Path,
+    dest: Path,
+    stem: str,
+    params: dict[str, Any] | None = None,
+) -> tuple[nib.Nifti1Image, list[Path]]:
+    """Rigidly register ``moving`` onto ``fixed`` and resample it onto the fixed grid.
+
+    Returns the resampled image (exactly ``fixed``'s affine and header) and the
+    forward transform files (moving -> fixed) kept under ``dest``.
+    """
+    import ants
+
+    p = {**DEFAULTS, **(params or {})}
+    check_transform(p["transform"], allowed={"Rigid", "QuickRigid", "DenseRigid", "Affine", "AffineFast", "Similarity"})
+    kw = schedule(p)
+    if p["init"] == "identity":
+        kw["initial_transform"] = "Identity"
+    elif p["init"] != "com":
+        raise ConfigError(f"coregister init must be 'identity' or 'com', not {p['init']!r}")
+    fa, ma = to_ants(fixed), to_ants(moving)
+    reg = register(fa, ma, workdir=workdir, dest=dest, stem=stem, type_of_transform=p["transform"], kwargs=kw,
+                   seed=p["seed"], working_resolution_mm=p["working_resolution_mm"])
+    out = ants.apply_transforms(fa, ma, [str(f) for f in reg.forward], interpolator=p["interpolator"])
+    return from_ants(out, like_img=fixed), reg.forward
+
+
+def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params: Any) -> None:
+    """Rigidly register T1, T2, FLAIR onto T1c; resample them onto the T1c grid.
+
+    With ``skip: true`` (modalities already co-registered, e.g. BraTS) no registration
+    runs: modalities already on the T1c grid are copied unchanged and others are
+    resampled onto it by their headers alone. Transform files are kept in
+    ``<out_dir>/xfm/<mod>_to_T1c_0GenericAffine.mat`` (relative paths in state.json).
+    """
+    import ants
+
+    check_unknown_params(params, set(DEFAULTS), "coregister")
+    p = {**DEFAULTS, **params}
+    if p["interpolator"] not in INTERPOLATORS:
+        raise ConfigError(f"coregister interpolator must be one of {sorted(INTERPOLATORS)}")
+    out_dir = Path(out_dir)
+    sub = read_step(in_dir, site=site, subject=subject)
+    fixed = sub.reference
+    if sub.tumour is not None and not same_grid(sub.tumour, fixed):
+        raise InputError(
+            "the tumour mask is not on the T1c grid",
+            site=site,
+            subject=subject,
+            file=Path(in_dir) / tumour_name(subject),
+            fix="give the segmentation on the T1c (co-registered image) grid",
+        )
+    with atomic_dir(out_dir) as tmp:
+        with timer() as t:
+            xfm: dict[str, list[str]] = {}
+            how: dict[str, str] = {}
+            for m in MODALITIES:
+                if m == REFERENCE:
+                    continue
+                moving = sub.images[m]
+                if p["skip"]:
+                    if same_grid(moving, fixed):
+                        how[m] = "unchanged (already on the T1c grid)"
+                        continue
+                    res = ants.resample_image_to_target(to_ants(moving), to_ants(fixed), interp_type=p["interpolator"])
+                    sub.images[m] = from_ants(res, like_img=fixed)
+                    how[m] = "resampled onto the T1c grid by header geometry (no registration)"
+                    continue
+                sub.images[m], files = rigid_to_reference(
+                    fixed, moving, workdir=tmp, dest=tmp / "xfm", stem=f"{m}_to_{REFERENCE}_", params=p
+                )
+                xfm[m] = [rel_to_subject(out_dir, "xfm", f.name) for f in files]
+                how[m] = f"{p['transform']} registration onto T1c"
+            sub.state.transforms["coregister"] = xfm
+        sub.state.add_step(
+            "coregister",
+            params=p,
+            skipped=bool(p["skip"]),
+            reason="preprocess.coregister.skip is set" if p["skip"] else None,
+            seconds=t["seconds"],
+            modalities=how,
+        )
+        write_step(tmp, sub, subject=subject)

@@ -1,0 +1,246 @@
+"""Step 9, quality control: tri-planar figure, QC row with automatic flags, and the site table.
+
+Step folders are found by the step names recorded in their state.json, not by folder names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from fedglioma.atomic import atomic_path, write_json
+from fedglioma.constants import MODALITIES
+from fedglioma.errors import InputError
+from fedglioma.preprocess.common import (
+    STATE_NAME,
+    Subject,
+    read_state,
+    read_step,
+    to_ants,
+    voxel_volume_ml,
+)
+
+log = logging.getLogger("fedglioma.preprocess.qc")
+
+#: Default QC thresholds (config ``preprocess.qc.thresholds``).
+THRESHOLDS: dict[str, float] = {
+    "brain_ml_min": 900.0,
+    "brain_ml_max": 2000.0,
+    "min_similarity": 0.5,
+    "min_tumour_in_brain": 0.95,
+    "min_snr": 5.0,
+}
+COLUMNS = ("site", "subject", "brain_volume_ml", "similarity", "snr", "tumour_in_brain", "flagged", "reasons")
+
+
+def find_step_dir(subject_dir: Path, step: str) -> Path | None:
+    """The step folder whose state.json ends with step ``step`` (None if there is none)."""
+    found = None
+    for d in sorted(Path(subject_dir).iterdir()):
+        f = d / STATE_NAME
+        if d.is_dir() and not d.name.startswith(".") and f.is_file():
+            steps = json.loads(f.read_text()).get("steps", [])
+            if steps and steps[-1].get("name") == step:
+                found = d
+    return found
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Normalised cross-correlation (Pearson) of two images inside ``mask``."""
+    x = np.asarray(a, dtype=np.float64)[mask]
+    y = np.asarray(b, dtype=np.float64)[mask]
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def snr(image: np.ndarray, brain: np.ndarray, *, margin: int = 3) -> float | None:
+    """Signal-to-noise ratio of an image with its air background: mean brain signal over the noise
+    sigma, estimated from the air (outside the head, ``margin`` voxels away from it) with the
+    Rayleigh correction (sigma = 1.526 x std of magnitude noise). The head is the largest component
+    above 10% of the range between the border median and the 99th percentile, holes filled.
+    Computed on every second voxel. None without enough air or with a constant background
+    (already skull-stripped or zero-filled data)."""
+    x = np.asarray(image, dtype=np.float32)[::2, ::2, ::2]
+    inside = (np.asarray(brain) > 0)[::2, ::2, ::2]
+    if not inside.any():
+        return None
+    border = np.concatenate([x[0].ravel(), x[-1].ravel(), x[:, 0].ravel(), x[:, -1].ravel(),
+                             x[:, :, 0].ravel(), x[:, :, -1].ravel()])
+    lo, hi = float(np.median(border)), float(np.percentile(x, 99))
+    lab, n = ndimage.label(x > lo + 0.1 * (hi - lo))
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    head = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1)) | inside
+    air = ~ndimage.binary_dilation(head, iterations=margin)
+    bg = x[air]
+    if bg.size < 500:
+        return None
+    sd = float(bg.std())
+    if sd <= 1e-6 * max(abs(float(x[inside].mean())), 1e-12):
+        return None
+    return float(x[inside].mean() / (1.526 * sd))
+
+
+def qc_metrics(
+    stripped: Subject,
+    raw_t1c: nib.Nifti1Image | None,
+    final: Subject,
+    template: nib.Nifti1Image | None,
+    template_mask: nib.Nifti1Image | None,
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """QC row: brain volume (mL, native grid), similarity of the template-space T1c to the template
+    (NCC inside the template brain mask), SNR of the T1c before skull stripping, fraction of the
+    tumour inside the brain mask; ``flagged`` with ``reasons``."""
+    import ants
+
+    th = {**THRESHOLDS, **(thresholds or {})}
+    assert stripped.brain is not None
+    brain = np.asarray(stripped.brain.dataobj) > 0
+    row: dict[str, Any] = {"site": stripped.state.site, "subject": stripped.state.subject}
+    row["brain_volume_ml"] = round(float(brain.sum()) * voxel_volume_ml(stripped.brain), 1)
+    row["similarity"] = None
+    if template is not None and template_mask is not None:
+        target = to_ants(np.zeros(final.reference.shape, np.float32), final.reference.affine)
+        t_img = ants.resample_image_to_target(to_ants(template), target, interp_type="linear").numpy()
+        t_msk = ants.resample_image_to_target(to_ants(template_mask), target, interp_type="nearestNeighbor").numpy() > 0
+        if t_msk.any():
+            row["similarity"] = round(ncc(np.asarray(final.reference.dataobj), t_img, t_msk), 4)
+    row["snr"] = None
+    if raw_t1c is not None:
+        v = snr(np.asarray(raw_t1c.dataobj), brain)
+        row["snr"] = None if v is None else round(v, 2)
+    row["tumour_in_brain"] = None
+    if stripped.tumour is not None:
+        tum = np.asarray(stripped.tumour.dataobj) > 0
+        if tum.any():
+            row["tumour_in_brain"] = round(float((tum & brain).sum()) / float(tum.sum()), 4)
+    reasons = []
+    if not th["brain_ml_min"] <= row["brain_volume_ml"] <= th["brain_ml_max"]:
+        reasons.append(f"brain volume {row['brain_volume_ml']} mL outside [{th['brain_ml_min']:g}, {th['brain_ml_max']:g}]")
+    if row["similarity"] is not None and row["similarity"] < th["min_similarity"]:
+        reasons.append(f"template similarity {row['similarity']} below {th['min_similarity']:g}")
+    if row["tumour_in_brain"] is not None and row["tumour_in_brain"] < th["min_tumour_in_brain"]:
+        reasons.append(f"only {100 * row['tumour_in_brain']:.1f}% of the tumour inside the brain mask "
+                       f"(min {100 * th['min_tumour_in_brain']:g}%)")
+    if row["snr"] is not None and row["snr"] < th["min_snr"]:
+        reasons.append(f"SNR {row['snr']} below {th['min_snr']:g}")
+    row["flagged"] = bool(reasons)
+    row["reasons"] = reasons
+    return row
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def qc_figure(sub: Subject, out_png: Path, *, title: str = "") -> None:
+    """Tri-planar figure: one row per modality (axial, coronal, sagittal through the tumour
+    centroid, or the brain centroid), brain-mask (cyan) and tumour (red) contours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = sub.reference
+    brain = None if sub.brain is None else np.asarray(sub.brain.dataobj) > 0
+    tum = None if sub.tumour is None else np.asarray(sub.tumour.dataobj) > 0
+    focus = tum if tum is not None and tum.any() else brain
+    centre = (np.array(ndimage.center_of_mass(focus)).round().astype(int) if focus is not None and focus.any()
+              else np.array(ref.shape[:3]) // 2)
+    zooms = ref.header.get_zooms()[:3]
+    fig, axes = plt.subplots(len(MODALITIES), 3, figsize=(9, 12), facecolor="black")
+
+    def cut(a: np.ndarray, ax: int) -> np.ndarray:
+        return np.take(a, int(centre[ax]), axis=ax)
+
+    views = [(2, (zooms[1], zooms[0])), (1, (zooms[2], zooms[0])), (0, (zooms[2], zooms[1]))]
+    for r, m in enumerate(MODALITIES):
+        data = np.asarray(sub.images[m].dataobj, dtype=np.float32)
+        vals = data[brain] if brain is not None and brain.any() else data.ravel()
+        lo, hi = np.percentile(vals, [1, 99])
+        for c, (ax, (sy, sx)) in enumerate(views):
+            a = axes[r, c]
+            a.imshow(cut(data, ax).T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=sy / sx)
+            for msk, col in ((brain, "cyan"), (tum, "red")):
+                if msk is not None and cut(msk, ax).any():
+                    a.contour(cut(msk, ax).T.astype(float), levels=[0.5], colors=col, linewidths=0.7)
+            a.set_axis_off()
+            if c == 0:
+                a.text(2, 2, m, color="yellow", fontsize=10)
+    fig.suptitle(title, color="white")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=80, facecolor="black", format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- step
+
+
+def qc(
+    subject_dir: Path,
+    out_png: Path,
+    out_json: Path,
+    *,
+    thresholds: dict[str, float] | None = None,
+    site: str | None = None,
+    subject: str | None = None,
+) -> dict[str, Any]:
+    """QC of one subject's preprocessing: write the PNG and the JSON row; returns the row."""
+    subject_dir = Path(subject_dir)
+    final_dir = find_step_dir(subject_dir, "normalise") or find_step_dir(subject_dir, "n4")
+    strip_dir = find_step_dir(subject_dir, "skullstrip")
+    if final_dir is None or strip_dir is None:
+        raise InputError("preprocessing step folders not found (need skullstrip and normalise)", site=site,
+                         subject=subject, file=subject_dir, fix="run the preprocessing steps first")
+    state = read_state(final_dir, site=site, subject=subject)
+    site, subject = state.site, state.subject
+    final = read_step(final_dir, site=site, subject=subject, need_brain=True)
+    stripped = read_step(strip_dir, site=site, subject=subject, need_brain=True)
+    coreg_dir = find_step_dir(subject_dir, "coregister")
+    raw_t1c = None
+    if coreg_dir is not None:
+        from fedglioma.io.nifti import load_nifti
+
+        raw_t1c = load_nifti(coreg_dir / f"sub-{subject}_T1c.nii.gz", site=site, subject=subject)
+    template = template_mask = None
+    atlas = state.transforms.get("atlas") or {}
+    rec = state.step("register_atlas")
+    if atlas and rec is not None:
+        from fedglioma.preprocess.templates import load_template
+
+        p = rec.get("params", {})
+        tpl = load_template(str(atlas["template"]), resolution_mm=float(p.get("resolution_mm", 1.0)),
+                            path=p.get("template_path"), mask_path=p.get("template_mask_path"))
+        template, template_mask = tpl.image, tpl.mask
+    row = qc_metrics(stripped, raw_t1c, final, template, template_mask, thresholds)
+    row["thresholds"] = {**THRESHOLDS, **(thresholds or {})}
+    qc_figure(final, out_png, title=f"site {site}, subject {subject}" + ("  FLAGGED" if row["flagged"] else ""))
+    write_json(out_json, row)
+    return row
+
+
+def qc_site(rows: list[Path], out_tsv: Path) -> None:
+    """Gather QC JSON rows of one site into a TSV (one line per subject, reasons joined by '; ')."""
+    records = []
+    for p in rows:
+        r = json.loads(Path(p).read_text())
+        records.append({k: ("; ".join(r[k]) if k == "reasons" else r.get(k)) for k in COLUMNS})
+    records.sort(key=lambda r: (str(r["site"]), str(r["subject"])))
+    with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
