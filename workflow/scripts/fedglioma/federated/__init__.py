@@ -1,0 +1,58 @@
+"""Federated learning: exchange format, update checks, server strategies, site-local parameters, model selection."""
+
+from fedglioma.federated.aggregate import aggregate_files
+from fedglioma.federated.config import STRATEGY_NAMES, FederatedConfig, read_config
+from fedglioma.federated.exchange import (
+    FileUpdate,
+    MemoryUpdate,
+    Update,
+    load_params,
+    load_update,
+    open_update,
+    read_sidecar,
+    save_params,
+    sha256_file,
+    sidecar_path,
+)
+from fedglioma.federated.params import is_site_local, shared_names, split_params
+from fedglioma.federated.select import select_model, youden
+from fedglioma.federated.strategies import (
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Median,
+    Strategy,
+    TrimmedMean,
+    make_strategy,
+)
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "FedAdam",
+    "FedAvg",
+    "FedProx",
+    "FedYogi",
+    "FederatedConfig",
+    "FileUpdate",
+    "Median",
+    "MemoryUpdate",
+    "Strategy",
+    "TrimmedMean",
+    "Update",
+    "aggregate_files",
+    "is_site_local",
+    "load_params",
+    "load_update",
+    "make_strategy",
+    "open_update",
+    "read_config",
+    "read_sidecar",
+    "save_params",
+    "select_model",
+    "sha256_file",
+    "shared_names",
+    "sidecar_path",
+    "split_params",
+    "youden",
+]

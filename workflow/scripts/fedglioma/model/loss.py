@@ -1,0 +1,104 @@
+"""Multi-task loss with missing-label masking.
+
+Labels arrive as a ``(B, 4)`` float tensor in ``TASKS`` order (idh, codeletion, mgmt, grade class index 0/1/2),
+NaN where missing. Each term is computed only over the subjects that have its label (rows are selected, never
+multiplied by zero, so NaN targets cannot leak and unlabelled rows get exactly zero gradient). A term with no
+labelled subject in the batch is left out altogether: its head gets no gradient (``grad`` stays ``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedglioma.constants import TASKS
+from fedglioma.errors import ConfigError
+
+#: Loss terms and their default weights.
+LOSS_TERMS: tuple[str, ...] = ("seg", *TASKS)
+DEFAULT_TASK_WEIGHTS: dict[str, float] = dict.fromkeys(LOSS_TERMS, 1.0)
+IDH, CODELETION, MGMT, GRADE = range(4)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Per-sample soft Dice loss, averaged over the batch.
+
+    Args:
+        logits: ``(N, 1, X, Y, Z)`` segmentation logits.
+        target: ``(N, 1, X, Y, Z)`` binary mask (float).
+
+    Returns:
+        scalar ``mean_n(1 - (2 sum(p g) + s) / (sum p + sum g + s))`` with ``p = sigmoid(logits)``.
+    """
+    p = torch.sigmoid(logits).flatten(1)
+    g = target.flatten(1)
+    inter = (p * g).sum(1)
+    dice = (2 * inter + smooth) / (p.sum(1) + g.sum(1) + smooth)
+    return (1 - dice).mean()
+
+
+def label_masks(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which rows have a usable label per task: ``(B, 4)`` -> ``{task: (B,) bool}``.
+
+    1p/19q codeletion counts only for IDH-mutant subjects (idh == 1); other subjects are masked.
+    """
+    present = ~torch.isnan(labels)
+    masks = {t: present[:, i] for i, t in enumerate(TASKS)}
+    masks["codeletion"] = masks["codeletion"] & (labels[:, IDH] == 1)
+    return masks
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of: soft Dice + BCE (segmentation, subjects with a mask), BCE per binary marker, CE for grade."""
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        w = dict(DEFAULT_TASK_WEIGHTS)
+        for k, v in (weights or {}).items():
+            if k not in w:
+                raise ConfigError(f"unknown task weight {k!r}; known: {list(LOSS_TERMS)}")
+            if not float(v) >= 0:
+                raise ConfigError(f"task weight {k} must be >= 0, got {v!r}")
+            w[k] = float(v)
+        self.weights = w
+
+    def forward(
+        self,
+        out: Mapping[str, torch.Tensor],
+        tumour: torch.Tensor,
+        has_seg: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Compute the loss.
+
+        Args:
+            out: network outputs (``seg`` ``(B,1,X,Y,Z)``, binary tasks ``(B,)``, ``grade`` ``(B,3)``).
+            tumour: ``(B, 1, X, Y, Z)`` float mask (any value where ``has_seg`` is False).
+            has_seg: ``(B,)`` bool, the subject has a tumour mask.
+            labels: ``(B, 4)`` float, NaN = missing.
+
+        Returns:
+            ``(total, terms)``: ``total`` is the weighted sum of the available terms (``None`` when the batch
+            carries no label at all, so there is nothing to learn); ``terms`` maps each available term to its
+            unweighted scalar value.
+        """
+        terms: dict[str, torch.Tensor] = {}
+        if bool(has_seg.any()) and self.weights["seg"] > 0:
+            logits, target = out["seg"][has_seg], tumour[has_seg]
+            terms["seg"] = soft_dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+        masks = label_masks(labels)
+        for i, t in enumerate(TASKS):
+            m = masks[t]
+            if not bool(m.any()) or self.weights[t] == 0:
+                continue
+            if t == "grade":
+                terms[t] = F.cross_entropy(out[t][m], labels[m, i].long())
+            else:
+                terms[t] = F.binary_cross_entropy_with_logits(out[t][m], labels[m, i])
+        if not terms:
+            return None, terms
+        total = sum((self.weights[k] * v for k, v in terms.items()), start=torch.zeros((), device=labels.device))
+        return total, terms

@@ -1,0 +1,411 @@
+"""Site-side work: initial model, local training of one round, validation, loading a model, prediction.
+
+File layout of a round (paths decided by the workflow):
+
+- ``global(r-1).safetensors`` (+ ``.json``): received from the server; all parameters.
+- ``update.safetensors`` (+ ``.json``): written by :func:`local_train`; shared parameters only; sent to the server.
+- ``local.safetensors`` (+ ``.json``): written by :func:`local_train`; the site-local parameters
+  (``federated.site_local_patterns``); never leaves the site; read back by the next round and by :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedglioma.atomic import write_json
+from fedglioma.constants import BINARY_TASKS, TASKS
+from fedglioma.errors import ConfigError, InputError
+from fedglioma.federated.config import FederatedConfig
+from fedglioma.federated.exchange import load_params, save_params
+from fedglioma.federated.params import is_site_local, split_params
+from fedglioma.model import ModelConfig, MultiTaskLoss, MultiTaskUNet, build_model, label_masks, soft_dice_loss
+from fedglioma.train.augment import augment_batch
+from fedglioma.train.config import TrainConfig
+from fedglioma.train.data import SiteDataset, collate
+from fedglioma.train.metrics import (
+    THRESHOLD_GRID,
+    auc_or_none,
+    dice_score,
+    multiclass_auc_or_none,
+    threshold_counts,
+)
+from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def init_global(
+    out: str | Path, model_cfg: ModelConfig, seed: int, *, sidecar_out: str | Path | None = None
+) -> dict[str, Any]:
+    """Write the round-0 global model: weights initialised from ``seed`` (all parameters, site-local included).
+
+    Returns the sidecar written beside ``out``.
+    """
+    with deterministic(derive_seed(seed, "init")):
+        model = build_model(model_cfg)
+    state = model.state_dict()
+    return save_params(
+        out,
+        state,
+        {"kind": "global", "round": 0, "seed": seed, "model": model_cfg.to_dict(), "n_train": 0},
+        sidecar_out=sidecar_out,
+    )
+
+
+def _check_arch(side: Mapping[str, Any], model_cfg: ModelConfig, path: str | Path) -> None:
+    saved = side.get("model")
+    if isinstance(saved, Mapping):
+        arch = {k: saved.get(k) for k in model_cfg.architecture()}
+        if arch != model_cfg.architecture():
+            raise ConfigError(f"{path} was built with model {arch}, the config says {model_cfg.architecture()}")
+
+
+def _load_state(model: MultiTaskUNet, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"parameters in {path} do not fit the configured model: {exc}") from exc
+
+
+def _merge_local(
+    state: dict[str, torch.Tensor], local_in: str | Path | None, patterns: Sequence[str] | None
+) -> dict[str, torch.Tensor]:
+    """Overlay the site-local parameters of ``local_in`` on ``state``."""
+    if local_in is None:
+        return state
+    local, _ = load_params(local_in)
+    unknown = sorted(set(local) - set(state))
+    if unknown:
+        raise ConfigError(f"{local_in} holds parameters the model lacks: {unknown[:5]}")
+    if patterns is not None:
+        wanted = {k for k in state if is_site_local(k, patterns)}
+        if set(local) != wanted:
+            raise ConfigError(
+                f"{local_in} holds other site-local parameters than federated.site_local_patterns select "
+                f"(patterns changed between rounds?)"
+            )
+    for k, v in local.items():
+        if v.shape != state[k].shape:
+            raise ConfigError(f"{local_in}: {k!r} has shape {list(v.shape)}, the model {list(state[k].shape)}")
+    return {**state, **local}
+
+
+def load_model(
+    path: str | Path,
+    model_cfg: ModelConfig,
+    *,
+    local_in: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> MultiTaskUNet:
+    """Load a model from a parameter file (sha256 checked against its sidecar), in eval mode.
+
+    Args:
+        path: ``global.safetensors`` (all parameters).
+        model_cfg: the configured architecture (must match the file).
+        local_in: optional ``local.safetensors`` whose site-local parameters replace the global ones.
+        device: default CPU.
+    """
+    state, side = load_params(path)
+    _check_arch(side, model_cfg, path)
+    state = _merge_local(state, local_in, None)
+    model = build_model(model_cfg)
+    _load_state(model, state, path)
+    return model.to(device or "cpu").eval()
+
+
+@torch.no_grad()
+def predict(model: MultiTaskUNet, image: np.ndarray) -> tuple[np.ndarray, dict[str, float | list[float]]]:
+    """Predict one subject.
+
+    Args:
+        model: a loaded model (its device is used; it is put in eval mode).
+        image: float ``(4, X, Y, Z)`` in ``MODALITIES`` order, normalised like the training files.
+
+    Returns:
+        ``(seg_prob, probs)``: ``seg_prob`` float32 ``(X, Y, Z)`` whole-tumour probability; ``probs`` with
+        ``idh``, ``codeletion``, ``mgmt`` (probability of the positive class, float) and ``grade``
+        (probabilities of WHO 2/3/4, list of 3 floats).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+    out = model(x)
+    seg = torch.sigmoid(out["seg"])[0, 0].float().cpu().numpy()
+    probs: dict[str, float | list[float]] = {t: float(torch.sigmoid(out[t][0])) for t in BINARY_TASKS}
+    probs["grade"] = [float(p) for p in torch.softmax(out["grade"][0].float(), dim=0)]
+    return seg, probs
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    model: MultiTaskUNet,
+    dataset: SiteDataset,
+    loss_fn: MultiTaskLoss,
+    device: torch.device,
+    *,
+    with_thresholds: bool = False,
+) -> dict[str, Any]:
+    """Site-aggregated metrics of ``model`` on ``dataset`` (one subject at a time, no augmentation).
+
+    Returns ``{"n_val", "metrics": {loss, loss_terms, dice_mean, n_seg, auc, n_auc}}`` and, when
+    ``with_thresholds``, ``"thresholds": {"grid": [...], "tasks": {task: {tp, fp, tn, fn}}}`` for idh,
+    codeletion, mgmt and grade4 (grade 4 vs 2/3). Nothing per subject is returned.
+    """
+    model.eval()
+    logits: dict[str, list[torch.Tensor]] = {t: [] for t in TASKS}
+    labels: list[torch.Tensor] = []
+    seg_losses: list[float] = []
+    dices: list[float] = []
+    for i in range(len(dataset)):
+        s = collate([dataset[i]], site=dataset.site)
+        out = model(s["image"].to(device))
+        if bool(s["has_seg"][0]):
+            lg, tg = out["seg"].float(), s["tumour"].to(device)
+            seg_losses.append(float(soft_dice_loss(lg, tg) + F.binary_cross_entropy_with_logits(lg, tg)))
+            dices.append(dice_score(torch.sigmoid(lg)[0, 0].cpu().numpy(), s["tumour"][0, 0].numpy()))
+        for t in TASKS:
+            logits[t].append(out[t].float().cpu())
+        labels.append(s["labels"])
+    n = len(dataset)
+    metrics: dict[str, Any] = {"loss": None, "loss_terms": {}, "dice_mean": None, "n_seg": len(dices)}
+    auc: dict[str, float | None] = {}
+    n_auc: dict[str, int] = {}
+    counts: dict[str, dict[str, list[int]]] = {}
+    if n:
+        lab = torch.cat(labels)  # (N, 4)
+        out_all = {t: torch.cat(v) for t, v in logits.items()}
+        out_all["seg"] = torch.zeros(n, 1, 1, 1, 1)
+        _, terms = loss_fn(out_all, torch.zeros(n, 1, 1, 1, 1), torch.zeros(n, dtype=torch.bool), lab)
+        loss_terms = {k: float(v) for k, v in terms.items()}
+        if seg_losses and loss_fn.weights["seg"] > 0:
+            loss_terms["seg"] = float(np.mean(seg_losses))
+        metrics["loss_terms"] = loss_terms
+        if loss_terms:
+            metrics["loss"] = float(sum(loss_fn.weights[k] * v for k, v in loss_terms.items()))
+        if dices:
+            metrics["dice_mean"] = float(np.mean(dices))
+        masks = label_masks(lab)
+        for i, t in enumerate(BINARY_TASKS):
+            m = masks[t].numpy()
+            y = lab[:, i].numpy()[m]
+            p = torch.sigmoid(out_all[t]).numpy()[m]
+            auc[t], n_auc[t] = auc_or_none(y, p), int(m.sum())
+            counts[t] = threshold_counts(y, p)
+        m = masks["grade"].numpy()
+        g = lab[:, TASKS.index("grade")].numpy()[m].astype(int)
+        pg = torch.softmax(out_all["grade"], dim=1).numpy()[m]
+        auc["grade4"], n_auc["grade4"] = auc_or_none(g == 2, pg[:, 2]), int(m.sum())
+        auc["grade_ovr"], n_auc["grade_ovr"] = multiclass_auc_or_none(g, pg), int(m.sum())
+        counts["grade4"] = threshold_counts(g == 2, pg[:, 2])
+    metrics["auc"], metrics["n_auc"] = auc, n_auc
+    result: dict[str, Any] = {"n_val": n, "metrics": metrics}
+    if with_thresholds:
+        result["thresholds"] = {"grid": list(THRESHOLD_GRID), "tasks": counts}
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _prepare(
+    global_in: str | Path,
+    model_cfg: ModelConfig,
+    local_in: str | Path | None,
+    patterns: Sequence[str] | None,
+    device: torch.device,
+) -> tuple[MultiTaskUNet, dict[str, Any]]:
+    """Model with the global parameters (and the site-local ones of ``local_in``) and the global's sidecar."""
+    state, side = load_params(global_in)
+    _check_arch(side, model_cfg, global_in)
+    state = _merge_local(state, local_in, patterns)
+    model = build_model(model_cfg)
+    _load_state(model, state, global_in)
+    return model.to(device), side
+
+
+def local_train(
+    global_in: str | Path,
+    npz_files: Sequence[str | Path],
+    labels_tsv: str | Path,
+    update_out: str | Path,
+    sidecar_out: str | Path | None = None,
+    *,
+    site: str,
+    round: int,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    strategy_cfg: FederatedConfig,
+    threads: int = 1,
+    local_in: str | Path | None = None,
+    local_out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train the global model of round ``round - 1`` on one site for ``train_cfg.epochs_per_round`` epochs.
+
+    AdamW on all parameters; with ``strategy_cfg.strategy == "fedprox"`` and ``mu > 0`` the proximal term
+    ``mu/2 * ||w - w_global||^2`` over the shared parameters is added to every step's loss. Deterministic on CPU:
+    the same inputs, seed and thread count give a bit-identical update file.
+
+    Args:
+        global_in: global model of the previous round (sidecar beside it).
+        npz_files: the site's ``sub-{subject}_train.npz`` files (all of them; the split is made here).
+        labels_tsv: the site's ``labels.tsv``.
+        update_out: ``update.safetensors`` to write: shared parameters only (sent to the server).
+        sidecar_out: its sidecar (default ``update.json`` beside it).
+        site, round: identify the update.
+        train_cfg, model_cfg, strategy_cfg: the ``train:``, ``model:`` and ``federated:`` sections.
+        threads: CPU threads (ignored on CUDA).
+        local_in: this site's ``local.safetensors`` of the previous round (``None`` in round 1: the global
+            model's values are used).
+        local_out: where to write this round's site-local parameters (required when
+            ``site_local_patterns`` is not empty; an empty file otherwise).
+
+    Returns:
+        the update's sidecar: ``round``, ``site``, ``n_train``, ``n_val``, ``train_losses`` (per epoch),
+        ``train_loss_terms``, ``validation`` (site-aggregated metrics of the trained model), ``sha256``.
+    """
+    patterns = strategy_cfg.site_local_patterns
+    if patterns and local_out is None:
+        raise ConfigError("federated.site_local_patterns is set: local_train needs local_out (local.safetensors)")
+    device = pick_device()
+    amp = bool(train_cfg.amp and device.type == "cuda")
+    seed = derive_seed(train_cfg.seed, "local_train", site, round)
+    with deterministic(seed, threads=threads, device=device):
+        model, _ = _prepare(global_in, model_cfg, local_in, patterns, device)
+        ds_kw = {"site": site, "val_fraction": train_cfg.val_fraction, "seed": train_cfg.seed}
+        train_ds = SiteDataset(npz_files, labels_tsv, part="train", **ds_kw)
+        val_ds = SiteDataset(npz_files, labels_tsv, part="val", **ds_kw)
+        if len(train_ds) == 0:
+            raise InputError("no training subjects", site=site, fix="check the site's training files")
+        loss_fn = MultiTaskLoss(train_cfg.task_weights)
+        mu = float(strategy_cfg.mu) if strategy_cfg.strategy == "fedprox" else 0.0
+        anchors = {
+            n: p.detach().clone() for n, p in model.named_parameters() if mu > 0 and not is_site_local(n, patterns)
+        }
+        opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        params = dict(model.named_parameters())
+        epoch_losses: list[float | None] = []
+        epoch_terms: list[dict[str, float]] = []
+        n = len(train_ds)
+        bs = train_cfg.batch_size
+        for epoch in range(train_cfg.epochs_per_round):
+            model.train()
+            gen = generator(train_cfg.seed, "epoch", site, round, epoch)
+            order = torch.randperm(n, generator=gen).tolist()
+            sums: dict[str, float] = {}
+            steps = 0
+            total_sum = 0.0
+            for start in range(0, n, bs):
+                batch = collate([train_ds[i] for i in order[start : start + bs]], site=site)
+                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                batch = augment_batch(batch, train_cfg.augment, gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = model(batch["image"])
+                out = {k: v.float() for k, v in out.items()}
+                loss, terms = loss_fn(out, batch["tumour"], batch["has_seg"], batch["labels"])
+                if loss is None:
+                    continue
+                if anchors:
+                    prox = sum(((params[k] - a) ** 2).sum() for k, a in anchors.items())
+                    loss = loss + 0.5 * mu * prox
+                    terms["prox"] = prox.detach()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if train_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                opt.step()
+                steps += 1
+                total_sum += loss.item()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+            epoch_losses.append(total_sum / steps if steps else None)
+            epoch_terms.append({k: v / steps for k, v in sums.items()})
+            log.info("site %s round %d epoch %d: loss %s", site, round, epoch + 1, epoch_losses[-1])
+        validation = evaluate_dataset(model, val_ds, loss_fn, device) if len(val_ds) else {"n_val": 0, "metrics": None}
+        shared, local = split_params(model.state_dict(), patterns)
+        side = save_params(
+            update_out,
+            shared,
+            {
+                "kind": "update",
+                "round": round,
+                "site": site,
+                "n_train": n,
+                "n_val": len(val_ds),
+                "strategy": strategy_cfg.strategy,
+                "mu": mu,
+                "epochs": train_cfg.epochs_per_round,
+                "train_losses": epoch_losses,
+                "train_loss_terms": epoch_terms,
+                "validation": validation["metrics"],
+                "model": model_cfg.to_dict(),
+                "device": device.type,
+            },
+            sidecar_out=sidecar_out,
+        )
+        if local_out is not None:
+            save_params(local_out, local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns)})
+    return side
+
+
+def validate(
+    global_in: str | Path,
+    npz_files: Sequence[str | Path],
+    labels_tsv: str | Path,
+    out_json: str | Path,
+    *,
+    site: str,
+    round: int,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    threads: int = 1,
+    local_in: str | Path | None = None,
+    site_local_patterns: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the global model of ``round`` on the site's validation split; write site-aggregated metrics.
+
+    With ``local_in`` the site's own site-local parameters replace the global ones (the personalised model).
+    The JSON holds ``kind``, ``round``, ``site``, ``n_val``, ``metrics`` (loss, loss_terms, dice_mean, n_seg,
+    auc, n_auc) and ``thresholds`` (grid and per-task tp/fp/tn/fn over it); never per-subject values.
+    """
+    device = pick_device()
+    with deterministic(derive_seed(train_cfg.seed, "validate", site, round), threads=threads, device=device):
+        model, gside = _prepare(global_in, model_cfg, local_in, site_local_patterns, device)
+        val_ds = SiteDataset(
+            npz_files, labels_tsv, site=site, part="val", val_fraction=train_cfg.val_fraction, seed=train_cfg.seed
+        )
+        result = evaluate_dataset(model, val_ds, MultiTaskLoss(train_cfg.task_weights), device, with_thresholds=True)
+    doc = {
+        "kind": "validation",
+        "round": round,
+        "site": site,
+        "personalised": local_in is not None,
+        "model_sha256": gside.get("sha256"),
+        **result,
+    }
+    doc = _json_safe(doc)
+    write_json(out_json, doc)
+    return doc
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
