@@ -1,0 +1,302 @@
+"""Tests of fedglioma.report: the standalone HTML report, headline text, training curves, CLI, and (slow) a real
+headless-Chromium render."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedglioma.evaluate.compare import comparison_table
+from fedglioma.evaluate.figures import dice_figure, new_figure, save_png
+from fedglioma.evaluate.site import summarise_site
+from fedglioma.report.figures import training_curves
+from fedglioma.report.html import SYNTHETIC_BANNER, build_report, cohort_summary, headline_table, headline_text
+from tests.browser import CHROMIUM, check_page
+
+SECTIONS = (
+    "headline",
+    "cohort",
+    "qc",
+    "training",
+    "roc",
+    "reliability",
+    "dice",
+    "overlays",
+    "comparison",
+    "provenance",
+)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(path: Path, colour: str = "C0") -> Path:
+    fig = new_figure(2.0, 1.5)
+    ax = fig.subplots()
+    ax.plot([0, 1, 2], [0, 1, 0], color=colour)
+    return save_png(fig, path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    n = 30
+    subj = [f"E{i:02d}" for i in range(n)]
+    idh = rng.integers(0, 2, n).astype(float)
+    idh[:3] = np.nan
+    labels = pd.DataFrame(
+        {
+            "subject": subj,
+            "idh": idh,
+            "codeletion": rng.integers(0, 2, n).astype(float),
+            "mgmt": np.ones(n),
+            "grade": rng.choice([2.0, 3.0, 4.0], n),
+        }
+    )
+    g = rng.random((n, 3))
+    g /= g.sum(axis=1, keepdims=True)
+    preds = pd.DataFrame(
+        {
+            "subject": subj,
+            "p_idh": np.clip(0.4 * np.nan_to_num(idh) + 0.6 * rng.random(n), 0, 1),
+            "p_codeletion": rng.random(n),
+            "p_mgmt": rng.random(n),
+            "p_grade2": g[:, 0],
+            "p_grade3": g[:, 1],
+            "p_grade4": g[:, 2],
+        }
+    )
+    seg = pd.DataFrame(
+        {
+            "subject": subj,
+            "dice": rng.uniform(0.6, 0.95, n),
+            "hd95": rng.gamma(2, 2, n),
+            "volume_diff_ml": rng.normal(0, 2, n),
+        }
+    )
+    metrics = summarise_site(preds, labels, seg, {"idh": 0.5}, n_boot=1000, seed=0, site="External")
+    cohort = pd.concat(
+        [
+            labels.assign(site="External", role="external"),
+            pd.DataFrame(
+                {
+                    "site": "SiteA",
+                    "role": "train",
+                    "subject": ["A1", "A2", "A3", "A4"],
+                    "idh": [1, 0, np.nan, 1],
+                    "codeletion": [1, 0, 0, np.nan],
+                    "mgmt": [1, 1, 0, 0],
+                    "grade": [2, 4, 4, 3],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    qc_ex = pd.DataFrame(
+        {
+            "site": ["SiteA", "SiteA", "External"],
+            "subject": ["A9", "A8", "E99"],
+            "reason": ["motion", "motion", "missing FLAIR"],
+        }
+    )
+    rows = pd.DataFrame(
+        [
+            {
+                "round": r,
+                "site": s,
+                "train_loss": 1 / r,
+                "val_loss": 1.1 / r,
+                "val_dice": 0.5 + 0.05 * r,
+                "val_auc_mean": np.nan if r == 1 else 0.6 + 0.02 * r,
+            }
+            for r in range(1, 5)
+            for s in ("SiteA", "SiteB")
+        ]
+    )
+    figures = {
+        "roc": _png(d / "roc.png"),
+        "reliability": _png(d / "rel.png", "C1"),
+        "dice": dice_figure(seg["dice"], d / "dice.png"),
+        "overlays": _png(d / "ov.png", "C2"),
+        "calibration_extra": _png(d / "extra.png", "C3"),
+    }
+    return {
+        "dir": d,
+        "metrics": metrics,
+        "cohort": cohort,
+        "qc_ex": qc_ex,
+        "rows": rows,
+        "figures": figures,
+        "qc_images": {"SiteA": _png(d / "qcA.png", "C4"), "External": _png(d / "qcE.png", "C5")},
+        "training": training_curves(rows, d / "training.png"),
+        "comparison": comparison_table({"federated": metrics, "centralized": metrics}),
+        "provenance": {
+            "synthetic": True,
+            "git_commit": "0123abc",
+            "model_sha256": "ab" * 32,
+            "packages": {"numpy": np.__version__, "pandas": pd.__version__},
+            "config": {"demo": {"enabled": True, "seed": 2025}, "evaluation": {"n_boot": 1000}},
+        },
+    }
+
+
+def _build(inputs: dict, out: Path, **overrides) -> str:
+    kwargs = {
+        "cohort": inputs["cohort"],
+        "qc_exclusions": inputs["qc_ex"],
+        "qc_images": inputs["qc_images"],
+        "training_curves": inputs["training"],
+        "metrics": inputs["metrics"],
+        "comparison": inputs["comparison"],
+        "figures": inputs["figures"],
+        "provenance": inputs["provenance"],
+    }
+    kwargs.update(overrides)
+    build_report(out, **kwargs)
+    return out.read_text()
+
+
+def test_report_has_every_section_and_only_data_uri_pngs(inputs: dict, tmp_path: Path) -> None:
+    page = _build(inputs, tmp_path / "index.html")
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page, sid
+    assert '<section id="figures">' in page  # the extra figure gets its own section
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(srcs) == 2 + 1 + 5  # QC x2, training, roc/reliability/dice/overlays/extra
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True)[:8] == PNG
+    # nothing external: no links to other resources, and a CSP that forbids any network request
+    assert not re.search(r'(src|href)="(?!data:|#)', page)
+    assert "default-src 'none'" in page
+    assert SYNTHETIC_BANNER in page
+    for text in ("0123abc", "ab" * 32, "numpy", "motion (2)", "missing FLAIR (1)", "only one class"):
+        assert text in page, text
+
+
+def test_report_without_optional_parts(inputs: dict, tmp_path: Path) -> None:
+    page = _build(
+        inputs,
+        tmp_path / "index.html",
+        qc_images={},
+        training_curves=None,
+        comparison=None,
+        figures={},
+        provenance={"git_commit": "x"},
+    )
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page
+    assert "<img" not in page
+    assert SYNTHETIC_BANNER not in page
+    assert "No comparison given" in page
+
+
+def test_report_missing_image_names_it(inputs: dict, tmp_path: Path) -> None:
+    from fedglioma.errors import InputError
+
+    with pytest.raises(InputError, match="roc: image not found"):
+        _build(inputs, tmp_path / "index.html", figures={"roc": tmp_path / "nope.png"})
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_headline_table_and_text(inputs: dict) -> None:
+    m = inputs["metrics"]
+    table = headline_table(m)
+    assert table["Metric"].tolist()[:5] == [
+        "Dice, whole tumour (median)",
+        "AUC IDH",
+        "AUC 1p/19q",
+        "AUC MGMT",
+        "AUC Grade 4 vs 2-3",
+    ]
+    idh = table.set_index("Metric").loc["AUC IDH"]
+    assert idh["Estimate"] == f"{m['markers']['idh']['auc']:.3f}"
+    assert idh["n"].startswith("27 (")
+    assert table.set_index("Metric").loc["AUC MGMT", "Estimate"] == "not estimable"
+    text = headline_text(m, synthetic=True)
+    assert "External" in text and SYNTHETIC_BANNER in text and f"{m['segmentation']['dice']['median']:.3f}" in text
+
+
+def test_cohort_summary_counts(inputs: dict) -> None:
+    t = cohort_summary(inputs["cohort"], inputs["qc_ex"]).set_index("Site")
+    assert t.loc["SiteA", "Subjects"] == 4
+    assert t.loc["SiteA", "IDH mutant"] == "2/3 (67%), 1 missing"
+    assert t.loc["SiteA", "Grade (n per grade)"] == "2: 1 · 3: 1 · 4: 2"
+    assert t.loc["SiteA", "QC excluded"] == "2" and t.loc["SiteA", "Exclusion reasons"] == "motion (2)"
+    assert t.loc["External", "IDH mutant"].endswith("3 missing")
+    pre = pd.DataFrame({"site": ["X"], "n": [5]})  # already aggregated: shown as given
+    assert cohort_summary(pre, None).loc[0, "n"] == 5
+
+
+def test_training_curves_png_with_nan(inputs: dict) -> None:
+    p = inputs["training"]
+    assert p.read_bytes()[:8] == PNG and p.stat().st_size < 200_000
+    from fedglioma.errors import InputError
+
+    with pytest.raises(InputError, match="lacks columns"):
+        training_curves(inputs["rows"].drop(columns="val_dice"), inputs["dir"] / "bad.png")
+
+
+def test_report_cli(inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedglioma.report import cli
+
+    (tmp_path / "m.json").write_text(json.dumps(inputs["metrics"]))
+    inputs["cohort"].to_csv(tmp_path / "cohort.tsv", sep="\t", index=False, na_rep="")
+    inputs["qc_ex"].to_csv(tmp_path / "qc.tsv", sep="\t", index=False)
+    inputs["rows"].to_csv(tmp_path / "rows.tsv", sep="\t", index=False, na_rep="")
+    inputs["comparison"].to_csv(tmp_path / "cmp.tsv", sep="\t", index=False, na_rep="")
+    (tmp_path / "prov.json").write_text(json.dumps(inputs["provenance"]))
+    f = inputs["figures"]
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "report",
+            "--out",
+            str(tmp_path / "r" / "index.html"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--cohort",
+            str(tmp_path / "cohort.tsv"),
+            "--qc-exclusions",
+            str(tmp_path / "qc.tsv"),
+            "--qc-image",
+            f"SiteA={inputs['qc_images']['SiteA']}",
+            "--training-rows",
+            str(tmp_path / "rows.tsv"),
+            "--comparison",
+            str(tmp_path / "cmp.tsv"),
+            "--figure",
+            f"roc={f['roc']}",
+            "--figure",
+            f"dice={f['dice']}",
+            "--provenance",
+            str(tmp_path / "prov.json"),
+            "--print-headline",
+        ]
+    )
+    assert args.func(args) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert (tmp_path / "r" / "training_curves.png").is_file()
+    assert "federated / centralized" in page and SYNTHETIC_BANNER in page
+    assert "AUC IDH" in capsys.readouterr().out
+    args = parser.parse_args(["headline", "--metrics", str(tmp_path / "m.json")])
+    assert args.func(args) == 0
+    assert "Dice, whole tumour (median)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ real browser
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(inputs: dict, tmp_path: Path) -> None:
+    """Open the report in headless Chromium: every image decodes, no script error or console message, and the
+    screenshot is not blank."""
+    _build(inputs, tmp_path / "index.html")
+    check_page(tmp_path / "index.html", tmp_path)

@@ -1,0 +1,215 @@
+"""Subcommands of :mod:`fedglioma.evaluate`: ``metrics``, ``compare``, ``confusion-counts``, ``thresholds``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedglioma.errors import ConfigError, InputError
+
+
+def read_tsv(path: str | Path, *, what: str) -> pd.DataFrame:
+    """Read a TSV (subject IDs as text; empty cells are missing)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found", file=p)
+    return pd.read_csv(p, sep="\t", dtype={"subject": str, "site": str}, keep_default_na=True)
+
+
+def read_json(path: str | Path, *, what: str) -> Any:
+    """Read a JSON file, naming it on failure."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found", file=p)
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} is not valid JSON ({exc})", file=p) from exc
+
+
+def parse_pairs(items: list[str] | None, *, flag: str) -> dict[str, Path]:
+    """``NAME=PATH`` items -> ``{NAME: Path}`` (names unique)."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} expects NAME=PATH, got {item!r}")
+        if name in out:
+            raise ConfigError(f"{flag} names {name!r} twice")
+        out[name] = Path(path)
+    return out
+
+
+def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
+    """Thresholds JSON: ``{marker: threshold}`` or an object with such a mapping under ``"thresholds"`` (e.g.
+    model selection's ``final.json``, whose entries are ``{"threshold": t, ...}`` and whose grade key is
+    ``grade4``); see :func:`fedglioma.evaluate.site.normalise_thresholds`."""
+    from fedglioma.evaluate.site import normalise_thresholds
+
+    if path is None:
+        return {}
+    obj = read_json(path, what="thresholds file")
+    if isinstance(obj, dict) and isinstance(obj.get("thresholds"), dict):
+        obj = obj["thresholds"]
+    if not isinstance(obj, dict):
+        raise InputError("thresholds file must hold an object marker -> threshold", file=path)
+    try:
+        return normalise_thresholds(obj)
+    except ConfigError as exc:
+        raise InputError(str(exc), file=path) from exc
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from fedglioma.atomic import write_json
+    from fedglioma.evaluate.figures import write_site_figures
+    from fedglioma.evaluate.site import summarise_site
+
+    predictions = read_tsv(args.predictions, what="predictions table")
+    labels = read_tsv(args.labels, what="labels table")
+    seg = read_tsv(args.seg, what="segmentation table") if args.seg else None
+    summary = summarise_site(
+        predictions,
+        labels,
+        seg,
+        load_thresholds(args.thresholds),
+        n_boot=args.n_boot,
+        seed=args.seed,
+        n_bins=args.n_bins,
+        site=args.site,
+    )
+    write_json(args.out, summary)
+    if args.figures:
+        write_site_figures(summary, seg, args.figures, title=f"external site {args.site}" if args.site else None)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedglioma.evaluate.compare import compare_models
+
+    metrics = {
+        m: read_json(p, what=f"metrics of model {m}") for m, p in parse_pairs(args.metrics, flag="--metrics").items()
+    }
+    preds = {
+        m: read_tsv(p, what=f"predictions of model {m}")
+        for m, p in parse_pairs(args.predictions, flag="--predictions").items()
+    }
+    labels = read_tsv(args.labels, what="labels table") if args.labels else None
+    if preds and labels is None:
+        raise ConfigError("--predictions needs --labels for the paired bootstrap")
+    compare_models(
+        metrics,
+        predictions=preds or None,
+        labels=labels,
+        reference=args.reference,
+        baseline=args.baseline,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        out_tsv=args.out,
+        site=args.site,
+    )
+    return 0
+
+
+def _confusion_counts(args: argparse.Namespace) -> int:
+    from fedglioma.atomic import write_json
+    from fedglioma.evaluate.site import site_confusion_counts
+
+    counts = site_confusion_counts(
+        read_tsv(args.predictions, what="predictions table"), read_tsv(args.labels, what="labels table"), site=args.site
+    )
+    write_json(args.out, counts)
+    return 0
+
+
+def _thresholds(args: argparse.Namespace) -> int:
+    from fedglioma.atomic import write_json
+    from fedglioma.evaluate.site import choose_thresholds
+
+    chosen = choose_thresholds(read_json(p, what="confusion counts") for p in args.counts)
+    write_json(args.out, {"rule": "Youden J on summed training-site validation counts", "thresholds": chosen})
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``metrics``, ``compare``, ``confusion-counts`` and ``thresholds`` to the ``fedglioma`` command."""
+    p = subparsers.add_parser(
+        "metrics",
+        help="site-aggregated metrics (JSON) and figures from per-subject predictions, labels and segmentation rows",
+        description="Run inside the evaluated site's scope. Writes only aggregates (AUCs with stratified bootstrap "
+        "CIs, thresholded rates, Brier, reliability, ROC with bands, Dice/HD95/volume summaries).",
+    )
+    p.add_argument(
+        "--predictions", required=True, help="TSV: subject, p_idh, p_codeletion, p_mgmt, p_grade2, p_grade3, p_grade4"
+    )
+    p.add_argument(
+        "--labels", required=True, help="labels TSV: subject, idh, codeletion, mgmt, grade (empty = missing)"
+    )
+    p.add_argument("--seg", default=None, help="segmentation TSV: subject, dice, hd95, volume_diff_ml [, hd95_reason]")
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        help="JSON marker -> threshold chosen on the training sites (or an object with 'thresholds')",
+    )
+    p.add_argument("--out", required=True, help="output metrics JSON")
+    p.add_argument("--figures", default=None, help="folder for roc.png, reliability.png, dice.png")
+    p.add_argument("--site", default=None, help="site ID (named in the output and in errors)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--n-bins", type=int, default=10, help="reliability bins (default: %(default)s)")
+    p.set_defaults(func=_metrics)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="federated vs centralized vs local-only table with ratios and paired bootstrap p-values (TSV)",
+        description="Metrics JSONs give the table; per-subject predictions of each model on the external site "
+        "(with its labels) give paired bootstrap p-values of the AUC differences. Run it in the external site's "
+        "scope when predictions are passed.",
+    )
+    p.add_argument(
+        "--metrics",
+        action="append",
+        required=True,
+        metavar="MODEL=JSON",
+        help="a model's metrics JSON (repeatable; models federated, centralized, local-<site>)",
+    )
+    p.add_argument(
+        "--predictions",
+        action="append",
+        metavar="MODEL=TSV",
+        help="a model's predictions TSV on the external site (repeatable)",
+    )
+    p.add_argument("--labels", default=None, help="the external site's labels TSV (needed with --predictions)")
+    p.add_argument("--reference", default="federated", help="model tested against the others (default: %(default)s)")
+    p.add_argument("--baseline", default="centralized", help="denominator of the ratio (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output TSV")
+    p.add_argument("--site", default=None)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_compare)
+
+    p = subparsers.add_parser(
+        "confusion-counts",
+        help="a training site's validation confusion counts per marker on the threshold grid (JSON, aggregates)",
+    )
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--site", default=None)
+    p.set_defaults(func=_confusion_counts)
+
+    p = subparsers.add_parser(
+        "thresholds", help="Youden thresholds per marker from the summed confusion counts of training sites"
+    )
+    p.add_argument(
+        "--counts",
+        action="append",
+        required=True,
+        metavar="JSON",
+        help="a training site's confusion-counts JSON (repeatable)",
+    )
+    p.add_argument("--out", required=True, help="output JSON {rule, thresholds: {marker: threshold|null}}")
+    p.set_defaults(func=_thresholds)
