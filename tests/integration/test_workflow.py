@@ -1,0 +1,90 @@
+"""The real workflow end to end on a tiny demo cohort: 2 training sites x 2 rounds + 1 external site."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fedglioma.audit import audit_workflow
+from tests.browser import CHROMIUM, check_page
+from tests.integration.tiny import REPO, snakemake, write_tiny
+
+pytestmark = pytest.mark.slow
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = write_tiny(tmp_path_factory.mktemp("tiny"))
+    res = snakemake(work, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-6000:]
+    return work
+
+
+def test_every_round_has_its_files(run: Path) -> None:
+    for rnd in (0, 1, 2):
+        assert (run / f"results/federated/round-{rnd}/global.safetensors").is_file()
+        assert (run / f"results/federated/round-{rnd}/global.json").is_file()
+    for rnd in (1, 2):
+        for site in ("A", "B"):
+            d = run / f"results/sites/{site}/federated/round-{rnd}"
+            side = json.loads((d / "update.json").read_text())
+            assert side["round"] == rnd and side["site"] == site and side["n_train"] >= 1
+            assert side["sha256"] == sha(d / "update.safetensors")
+            val = json.loads((d / "validation.json").read_text())
+            assert "metrics" in val and "subject" not in json.dumps(val)
+    final = json.loads((run / "results/federated/final.json").read_text())
+    assert final["round"] in (1, 2)
+
+
+def test_external_site_outputs(run: Path) -> None:
+    ev = run / "results/sites/X/evaluation/federated"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["site"] == "X"
+    assert {"segmentation", "markers"} <= set(metrics) or "markers" in json.dumps(metrics)
+    assert (ev / "figures" / "roc.png").is_file()
+    masks = sorted((ev / "masks").glob("*.nii.gz"))
+    assert len(masks) == 4
+    # native-space masks have exactly the geometry of the subject's original T1c
+    subject = masks[0].name.split("_")[0].removeprefix("sub-")
+    t1c = nib.load(run / f"results/demo/X/{subject}/{subject}_t1ce.nii.gz")
+    m = nib.load(masks[0])
+    assert m.shape == t1c.shape and np.allclose(m.affine, t1c.affine, atol=1e-4)
+
+
+def test_reports(run: Path, tmp_path: Path) -> None:
+    html = run / "results/report/index.html"
+    text = html.read_text()
+    assert "synthetic" in text.lower() and "Headline" in text
+    res = snakemake(run, "--cores", "1", "--report", str(tmp_path / "snakemake_report.html"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "snakemake_report.html").stat().st_size > 10_000
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    check_page(html, tmp_path)
+
+
+def test_scope_audit_passes(run: Path) -> None:
+    res = audit_workflow(REPO / "Snakefile", [run / "config/config.yaml"], workdir=run)
+    assert res.ok, res.violations
+
+
+def test_resume_after_deleting_last_round_is_bit_identical(run: Path) -> None:
+    final_model = run / "results/federated/round-2/global.safetensors"
+    before = sha(final_model)
+    for site in ("A", "B"):
+        shutil.rmtree(run / f"results/sites/{site}/federated/round-2")
+    for f in (run / "results/federated/round-2").iterdir():
+        f.unlink()
+    res = snakemake(run, "--cores", "2", "results/federated/round-2/global.safetensors")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sha(final_model) == before

@@ -1,0 +1,44 @@
+# Cohort: the built-in synthetic demo sites and each site's harmonised clinical labels.
+
+
+rule synth_site:
+    output:
+        site_dir=directory(f"{config['demo']['out']}/{{site}}"),
+    log:
+        "logs/synth_site/{site}.log",
+    benchmark:
+        "benchmarks/synth_site/{site}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        site_index=site_index,
+        n_sites=len(SITES),
+        n_subjects=demo_n_subjects,
+        seed=config["demo"]["seed"],
+        strengths=config["demo"]["strengths"],
+    script:
+        "../scripts/synth_site.py"
+
+
+rule labels:
+    input:
+        unpack(get_clinical),
+    output:
+        labels="results/sites/{site}/labels.tsv",
+        summary="results/sites/{site}/summary.json",
+    log:
+        "logs/labels/{site}.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        row=get_site_row,
+        clinical=config["clinical"],
+        layout_options=layout_options,
+    script:
+        "../scripts/labels.py"

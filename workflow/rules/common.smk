@@ -1,0 +1,304 @@
+# Helpers of the workflow: config validation, the site/subject sheet, input functions.
+# The only .smk file with Python; rule files hold rules only.
+
+import logging
+
+from snakemake.utils import validate
+
+from fedglioma.config import check_site_table, read_sites_table, site_row
+from fedglioma.io.layouts import discover
+from fedglioma.synth import subject_ids
+
+# ---- configuration, validated first -------------------------------------------------------
+validate(config, schema="../schemas/config.schema.yaml")
+
+_sites_table = read_sites_table(config["sites"])
+validate(_sites_table, schema="../schemas/sites.schema.yaml")
+SITE_ROWS = {
+    rec["site"]: site_row(rec) for rec in _sites_table.to_dict(orient="records")
+}
+check_site_table(list(SITE_ROWS.values()), file=config["sites"])
+
+SITES = list(SITE_ROWS)
+TRAIN_SITES = [s for s, r in SITE_ROWS.items() if r.role == "train"]
+EXTERNAL_SITE = next(s for s, r in SITE_ROWS.items() if r.is_external)
+DEMO = config["demo"]["enabled"]
+ROUNDS = int(config["federated"]["rounds"])
+
+
+def _layout_options(row):
+    if row.layout == "nnunet":
+        return {"channels": tuple(config["layouts"]["nnunet"]["channels"])}
+    return {}
+
+
+def _demo_subjects():
+    """Subject IDs of the generated demo sites (known before the files exist)."""
+    out = {}
+    for i, site in enumerate(SITES):
+        row = SITE_ROWS[site]
+        expected = f"{config['demo']['out']}/{site}"
+        if row.path != expected or row.layout != "brats2021":
+            raise WorkflowError(
+                f"demo.enabled: site {site} must have layout brats2021 and path {expected} in {config['sites']}"
+            )
+        n = config["demo"][
+            "external_subjects" if row.is_external else "subjects_per_site"
+        ]
+        out[site] = {sid: None for sid in subject_ids(i, n)}
+    return out
+
+
+def _real_subjects():
+    """Subjects found on disk, with their files; problems stop the workflow or are skipped."""
+    out, problems = {}, []
+    for site, row in SITE_ROWS.items():
+        found = discover(row.path, row.layout, site, **_layout_options(row))
+        problems.extend(found.problems)
+        out[site] = {s.subject: s for s in found.subjects}
+    if problems:
+        text = "\n".join(f"  - {p}" for p in problems)
+        if config["inputs"]["on_problem"] == "error":
+            raise WorkflowError(
+                f"{len(problems)} input problem(s) (run `fedglioma check-inputs` for details):\n{text}"
+            )
+        logging.getLogger("fedglioma").warning(
+            "skipping subjects with input problems:\n%s", text
+        )
+    return out
+
+
+SUBJECTS = _demo_subjects() if DEMO else _real_subjects()
+for _site, _subs in SUBJECTS.items():
+    if not _subs:
+        raise WorkflowError(
+            f"site {_site}: no usable subjects in {SITE_ROWS[_site].path}"
+        )
+
+
+wildcard_constraints:
+    site="|".join(SITES),
+    subject="[A-Za-z0-9_-]+",
+    round="[0-9]+",
+
+
+# ---- input functions ------------------------------------------------------------------------
+def get_site_row(wildcards):
+    return SITE_ROWS[wildcards.site]
+
+
+def get_subjects(site):
+    return list(SUBJECTS[site])
+
+
+def get_site_source(wildcards):
+    """What the site's raw data depend on: the generated demo folder, or the real files."""
+    if DEMO:
+        return {"site_dir": f"{config['demo']['out']}/{wildcards.site}"}
+    return {}
+
+
+def get_raw_subject(wildcards):
+    """Raw input files of one subject (named by modality), or the generated demo site folder."""
+    if DEMO:
+        return get_site_source(wildcards)
+    s = SUBJECTS[wildcards.site][wildcards.subject]
+    files = dict(s.images)
+    if s.seg is not None:
+        files["seg"] = s.seg
+    return files
+
+
+def get_clinical(wildcards):
+    if DEMO:
+        return get_site_source(wildcards)
+    row = SITE_ROWS[wildcards.site]
+    return {"clinical": row.clinical} if row.clinical else {}
+
+
+def site_index(wildcards):
+    return SITES.index(wildcards.site)
+
+
+def demo_n_subjects(wildcards):
+    return config["demo"][
+        (
+            "external_subjects"
+            if SITE_ROWS[wildcards.site].is_external
+            else "subjects_per_site"
+        )
+    ]
+
+
+def layout_options(wildcards):
+    return _layout_options(SITE_ROWS[wildcards.site])
+
+
+def get_site_training_files(wildcards):
+    return expand(
+        "results/sites/{site}/prep/sub-{subject}_train.npz",
+        site=wildcards.site,
+        subject=get_subjects(wildcards.site),
+    )
+
+
+def get_final_targets():
+    return ["results/report/index.html"]
+
+
+def get_site_qc_rows(wildcards):
+    return expand(
+        "results/sites/{site}/qc/sub-{subject}_qc.json",
+        site=wildcards.site,
+        subject=get_subjects(wildcards.site),
+    )
+
+
+# ---- federated rounds -------------------------------------------------------------------------
+def site_round_dir(site, rnd):
+    return f"results/sites/{site}/federated/round-{rnd}"
+
+
+def get_local_train_inputs(wildcards):
+    """Global model of the previous round + this site's files only (+ its own site-local state)."""
+    rnd = int(wildcards.round)
+    inputs = {
+        "global_model": f"results/federated/round-{rnd - 1}/global.safetensors",
+        "labels": f"results/sites/{wildcards.site}/labels.tsv",
+        "qc": f"results/sites/{wildcards.site}/qc/site_qc.tsv",
+        "files": get_site_training_files(wildcards),
+    }
+    if rnd > 1:
+        inputs["local_state"] = (
+            f"{site_round_dir(wildcards.site, rnd - 1)}/local.safetensors"
+        )
+    return inputs
+
+
+def get_aggregate_inputs(wildcards):
+    """Only the sites' updates of this round and the server's own previous state."""
+    rnd = int(wildcards.round)
+    inputs = {
+        "updates": [
+            f"{site_round_dir(s, rnd)}/update.safetensors" for s in TRAIN_SITES
+        ],
+        "sidecars": [f"{site_round_dir(s, rnd)}/update.json" for s in TRAIN_SITES],
+        "previous": f"results/federated/round-{rnd - 1}/global.safetensors",
+    }
+    if rnd > 1:
+        inputs["state"] = f"results/federated/round-{rnd - 1}/server_state.safetensors"
+    return inputs
+
+
+def get_validate_inputs(wildcards):
+    rnd = int(wildcards.round)
+    return {
+        "global_model": f"results/federated/round-{rnd}/global.safetensors",
+        "local_state": f"{site_round_dir(wildcards.site, rnd)}/local.safetensors",
+        "labels": f"results/sites/{wildcards.site}/labels.tsv",
+        "qc": f"results/sites/{wildcards.site}/qc/site_qc.tsv",
+        "files": get_site_training_files(wildcards),
+    }
+
+
+def get_all_validation(wildcards):
+    return [
+        f"{site_round_dir(s, r)}/validation.json"
+        for r in range(1, ROUNDS + 1)
+        for s in TRAIN_SITES
+    ]
+
+
+def get_all_sidecars(wildcards):
+    return [
+        f"{site_round_dir(s, r)}/update.json"
+        for r in range(1, ROUNDS + 1)
+        for s in TRAIN_SITES
+    ]
+
+
+def get_all_globals(wildcards):
+    return [
+        f"results/federated/round-{r}/global.safetensors" for r in range(0, ROUNDS + 1)
+    ]
+
+
+# ---- evaluation and report ------------------------------------------------------------------
+def get_models(wildcards=None):
+    """Models evaluated on the external site: federated, plus the baselines switched on."""
+    models = ["federated"]
+    if config["baselines"]["centralized"]:
+        models.append("centralized")
+    if config["baselines"]["local_only"]:
+        models += [f"local-{s}" for s in TRAIN_SITES]
+    return models
+
+
+def model_files(model):
+    if model == "federated":
+        return {
+            "final": "results/federated/final.json",
+            "globals": get_all_globals(None),
+        }
+    if model == "centralized":
+        return {
+            "final": "results/baselines/centralized/final.json",
+            "globals": ["results/baselines/centralized/model.safetensors"],
+        }
+    site = model.removeprefix("local-")
+    return {
+        "final": f"results/sites/{site}/baselines/local_only/final.json",
+        "globals": [f"results/sites/{site}/baselines/local_only/model.safetensors"],
+    }
+
+
+def get_evaluation_subjects(wildcards):
+    return get_subjects(wildcards.site)
+
+
+def get_evaluate_inputs(wildcards):
+    subjects = get_subjects(wildcards.site)
+    prep = f"results/sites/{wildcards.site}/prep"
+    return {
+        **model_files(wildcards.model),
+        "files": [f"{prep}/sub-{s}_train.npz" for s in subjects],
+        "grids": [f"{prep}/sub-{s}_grid.json" for s in subjects],
+        "steps": [f"{prep}/sub-{s}/06_normalise" for s in subjects],
+        "labels": f"results/sites/{wildcards.site}/labels.tsv",
+    }
+
+
+def get_report_inputs(wildcards):
+    ev = f"results/sites/{EXTERNAL_SITE}/evaluation"
+    return {
+        "metrics": [f"{ev}/{m}/metrics.json" for m in get_models()],
+        "figures": [f"{ev}/{m}/figures" for m in get_models()],
+        "cohort": [f"results/sites/{s}/summary.json" for s in SITES],
+        "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in SITES],
+        "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in SITES],
+        "curves": "results/federated/training_curves.png",
+        "curves_table": "results/federated/training_curves.tsv",
+        "final": "results/federated/final.json",
+    }
+
+
+# ---- cluster scope: each site's jobs run under that site's partition and account -----------
+def site_partition(wildcards):
+    return SITE_ROWS[wildcards.site].slurm_partition or config["cluster"]["partition"]
+
+
+def site_account(wildcards):
+    return SITE_ROWS[wildcards.site].slurm_account or config["cluster"]["account"]
+
+
+def coordinator_partition(wildcards):
+    return config["cluster"]["coordinator_partition"] or config["cluster"]["partition"]
+
+
+def coordinator_account(wildcards):
+    return config["cluster"]["coordinator_account"] or config["cluster"]["account"]
+
+
+def global_model_template(wildcards):
+    """Path template of the global model of a round (a function: params strings are formatted)."""
+    return "results/federated/round-{round}/global.safetensors"

