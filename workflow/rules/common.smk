@@ -277,6 +277,11 @@ def get_report_inputs(wildcards):
         "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in SITES],
         "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in SITES],
         "curves": "results/federated/training_curves.png",
+        **(
+            {"comparison": f"results/sites/{EXTERNAL_SITE}/evaluation/comparison.tsv"}
+            if len(get_models()) > 1
+            else {}
+        ),
         "curves_table": "results/federated/training_curves.tsv",
         "final": "results/federated/final.json",
     }
@@ -302,3 +307,63 @@ def coordinator_account(wildcards):
 def global_model_template(wildcards):
     """Path template of the global model of a round (a function: params strings are formatted)."""
     return "results/federated/round-{round}/global.safetensors"
+
+
+# ---- baselines ------------------------------------------------------------------------------
+def _site_inputs(site):
+    return {
+        "labels": f"results/sites/{site}/labels.tsv",
+        "qc": f"results/sites/{site}/qc/site_qc.tsv",
+        "files": expand(
+            "results/sites/{site}/prep/sub-{subject}_train.npz",
+            site=site,
+            subject=get_subjects(site),
+        ),
+    }
+
+
+def get_centralized_inputs(wildcards):
+    """The pooled training sites (the centralized baseline pools data by design)."""
+    inputs = {
+        "init": "results/federated/round-0/global.safetensors",
+        "labels": [],
+        "qc": [],
+        "files": [],
+    }
+    for s in TRAIN_SITES:
+        for key, value in _site_inputs(s).items():
+            inputs[key] += value if isinstance(value, list) else [value]
+    return inputs
+
+
+def get_local_only_inputs(wildcards):
+    return {
+        "init": "results/federated/round-0/global.safetensors",
+        **_site_inputs(wildcards.site),
+    }
+
+
+def get_site_list(wildcards):
+    return [wildcards.site]
+
+
+def local_only_model(wildcards):
+    return f"results/sites/{wildcards.site}/baselines/local_only/model.safetensors"
+
+
+def get_baseline_validate_inputs(wildcards):
+    model = (
+        "results/baselines/centralized/model.safetensors"
+        if wildcards.baseline == "centralized"
+        else local_only_model(wildcards)
+    )
+    return {"model": model, **_site_inputs(wildcards.site)}
+
+
+def get_compare_inputs(wildcards):
+    ev = f"results/sites/{wildcards.site}/evaluation"
+    return {
+        "metrics": [f"{ev}/{m}/metrics.json" for m in get_models()],
+        "predictions": [f"{ev}/{m}/predictions.tsv" for m in get_models()],
+        "labels": f"results/sites/{wildcards.site}/labels.tsv",
+    }

@@ -454,3 +454,43 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
         provenance=provenance(config, fed.get("model", {})),
     )
     write_json(out_headline, fed)
+
+
+# ---- baselines --------------------------------------------------------------------------------
+def train_baseline(init_model: str, files: Sequence[str], labels: Sequence[str], qc_tables: Sequence[str],
+                   sites: Sequence[str], out_model: str, out_meta: str, *, rounds: int, model_cfg: Mapping[str, Any],
+                   train_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+    """Rules ``centralized_train`` / ``local_only_train``: one model on one or several pooled sites.
+
+    Same model, seed and initialisation as the federation, and the same total number of epochs
+    (``rounds * epochs_per_round``); each site's validation subjects are held out exactly as in
+    federated training (the split hashes subject IDs).
+    """
+    import tempfile
+
+    from fedglioma.federated.exchange import sidecar_path
+    from fedglioma.io.clinical import read_labels, write_labels
+    from fedglioma.train.data import subject_of
+    from fedglioma.train.local import local_train as _train
+
+    assert sidecar_path(out_model) == Path(out_meta)
+    kept: list[str] = []
+    by_site: dict[str, list[str]] = {}
+    for f in files:
+        site = Path(f).parts[Path(f).parts.index("sites") + 1] if "sites" in Path(f).parts else sites[0]
+        by_site.setdefault(site, []).append(f)
+    for site, qc in zip(sites, qc_tables, strict=True):
+        kept += kept_files(by_site.get(site, []), qc, qc_cfg, site=site)
+    pooled = pd.concat([read_labels(p) for p in labels], ignore_index=True)
+    dup = pooled["subject"][pooled["subject"].duplicated()].tolist()
+    if dup or len({subject_of(f) for f in kept}) != len(kept):
+        raise InputError(f"subject IDs {dup} occur at several sites; a pooled baseline needs unique IDs",
+                         fix="prefix the subject IDs with the site, or switch baselines.centralized off")
+    m, t, f = _configs(model_cfg, {**train_cfg, "epochs_per_round": int(train_cfg.get("epochs_per_round", 1)) * rounds},
+                       {"strategy": "fedavg"})
+    name = sites[0] if len(sites) == 1 else "centralized"
+    with tempfile.TemporaryDirectory(dir=Path(out_model).parent) as tmp:
+        pooled_tsv = Path(tmp) / "labels.tsv"
+        write_labels(pooled, pooled_tsv)
+        _train(init_model, kept, pooled_tsv, out_model, out_meta, site=name, round=1, train_cfg=t, model_cfg=m,
+               strategy_cfg=f, threads=threads)

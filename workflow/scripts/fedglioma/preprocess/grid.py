@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from fedglioma.atomic import atomic_path, write_json
+from fedglioma.atomic import atomic_path
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess.common import (
@@ -153,9 +153,12 @@ def training_file(
     if not info["brain_fits"]:
         log.warning("site %s, subject %s: brain extent %s mm exceeds the network grid field of view", site, subject,
                     info["brain_extent_mm"])
-    write_json(Path(grid_json) if grid_json else out_npz.with_name(grid_name(subject)), info)
-    with atomic_path(out_npz, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    json_path = Path(grid_json) if grid_json else out_npz.with_name(grid_name(subject))
+    # both files appear together or not at all
+    with atomic_path(json_path) as tmp_json, atomic_path(out_npz, suffix=".npz") as tmp_npz:
+        with open(tmp_npz, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        tmp_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def to_native(

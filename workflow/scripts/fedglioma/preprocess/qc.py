@@ -170,6 +170,8 @@ def qc_figure(sub: Subject, out_png: Path, *, title: str = "") -> None:
         data = np.asarray(sub.images[m].dataobj, dtype=np.float32)
         vals = data[brain] if brain is not None and brain.any() else data.ravel()
         lo, hi = np.percentile(vals, [1, 99])
+        if brain is not None and brain.any():
+            data = np.where(brain, data, lo)  # background black whatever its value
         for c, (ax, (sy, sx)) in enumerate(views):
             a = axes[r, c]
             a.imshow(cut(data, ax).T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=sy / sx)
