@@ -326,18 +326,39 @@ def site_of(wildcards: str, sites: Iterable[str]) -> str | None:
     return None
 
 
-# name -> case factory. A case for the real workflow plugs in the same way, e.g.
-#   def workflow_case(tmp_path):
-#       workdir = <write a tiny config + sites.tsv with slurm_partition/slurm_account columns>
-#       sites = {"SiteA": ("siteA", "acct_a"), "SiteB": ("siteB", "acct_b"), ...}
-#       def expected(rule, wildcards):
-#           site = site_of(wildcards, sites)
-#           return sites[site] if site else ("coord", "coord")   # cluster.coordinator_*
-#       return WorkflowCase("workflow", workdir, ["--snakefile", str(REPO / "Snakefile"),
-#                           "--configfile", str(workdir / "config.yaml")], expected,
-#                           rules={"import_subject", "local_train", "aggregate", ...})
-#   CASES["workflow"] = workflow_case
-CASES: dict[str, Callable[[Path], WorkflowCase]] = {"tiny": tiny_case}
+WORKFLOW_SITES = {"A": ("siteA", "acct_a"), "B": ("siteB", "acct_b"), "X": ("main", "root")}
+
+
+def workflow_case(tmp_path: Path) -> WorkflowCase:
+    """The real workflow on the tiny demo cohort, up to a narrow target: each site generates its data,
+    harmonises its labels and imports one subject, each under its own partition and account."""
+    from fedglioma.synth import subject_ids
+    from tests.integration.tiny import REPO, TINY_CONFIG, write_tiny
+
+    cfg = {**TINY_CONFIG, "cluster": {"coordinator_partition": "coord", "coordinator_account": "coord"}}
+    extra = {s: {"slurm_partition": p, "slurm_account": a} for s, (p, a) in WORKFLOW_SITES.items() if s != "X"}
+    workdir = write_tiny(tmp_path / "workflow", cfg, extra_columns=extra)
+    targets = []
+    for i, site in enumerate(("A", "B", "X")):
+        sid = subject_ids(i, 1)[0]
+        targets += [f"results/sites/{site}/labels.tsv", f"results/sites/{site}/prep/sub-{sid}/01_import"]
+
+    def expected(rule: str, wildcards: str) -> tuple[str, str] | None:
+        site = site_of(wildcards, WORKFLOW_SITES)
+        return WORKFLOW_SITES[site] if site else TINY_COORDINATOR
+
+    return WorkflowCase(
+        "workflow",
+        workdir,
+        ["--snakefile", str(REPO / "Snakefile"), *targets],
+        expected,
+        rules={"synth_site", "labels", "import_subject"},
+        outputs=targets,
+        min_jobs=9,
+    )
+
+
+CASES: dict[str, Callable[[Path], WorkflowCase]] = {"tiny": tiny_case, "workflow": workflow_case}
 
 
 def rule_and_wildcards(comment: str, rules: set[str]) -> tuple[str, str]:

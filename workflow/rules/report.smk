@@ -13,6 +13,9 @@ rule report:
             labels={"report": "standalone"},
         ),
         headline="results/report/metrics.json",
+    resources:
+        slurm_partition=coordinator_partition,
+        slurm_account=coordinator_account,
     log:
         "logs/report/report.log",
     localrule: True

@@ -36,6 +36,7 @@ EXPORT_PATTERNS: tuple[str, ...] = (
     r"evaluation/[^/]+/figures",
     r"evaluation/comparison\.tsv",
     r"baselines/local_only/(model\.safetensors|model\.json|final\.json)",
+    r"baselines/(centralized|local_only)/validation\.json",
 )
 
 #: Rules allowed to read several sites' private data (reported, not failed).
