@@ -28,7 +28,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
-	@$(BIN)/fedglioma headline results/report/metrics.json
+	@$(BIN)/fedglioma headline --metrics results/report/metrics.json --synthetic
 	@echo "Report: $(CURDIR)/results/report/index.html"
 
 lint: $(STAMP)

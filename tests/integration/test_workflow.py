@@ -53,7 +53,7 @@ def test_external_site_outputs(run: Path) -> None:
     assert {"segmentation", "markers"} <= set(metrics) or "markers" in json.dumps(metrics)
     assert (ev / "figures" / "roc.png").is_file()
     masks = sorted((ev / "masks").glob("*.nii.gz"))
-    assert len(masks) == 4
+    assert len(masks) == 3
     # native-space masks have exactly the geometry of the subject's original T1c
     subject = masks[0].name.split("_")[0].removeprefix("sub-")
     t1c = nib.load(run / f"results/demo/X/{subject}/{subject}_t1ce.nii.gz")

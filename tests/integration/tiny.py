@@ -14,14 +14,14 @@ BIN = Path(sys.executable).parent
 
 TINY_CONFIG = {
     "sites": "config/sites.tsv",
-    "demo": {"enabled": True, "out": "results/demo", "subjects_per_site": 4, "external_subjects": 4, "seed": 7},
+    "demo": {"enabled": True, "out": "results/demo", "subjects_per_site": 3, "external_subjects": 3, "seed": 7},
     "preprocess": {
         # the explicitly configured cheap mask keeps the test fast; HD-BET has its own test
         "skullstrip": {"method": "atlas"},
         "grid": {"grid_spacing": 6.0, "grid_shape": [24, 32, 24]},
     },
     "model": {"width": 4, "depth": 2},
-    "train": {"epochs_per_round": 1, "batch_size": 2, "val_fraction": 0.25},
+    "train": {"epochs_per_round": 1, "batch_size": 2, "val_fraction": 0.34},
     "federated": {"rounds": 2, "strategy": "fedavg"},
     "evaluation": {"n_bootstrap": 200},
 }

@@ -42,3 +42,24 @@ rule labels:
         layout_options=layout_options,
     script:
         "../scripts/labels.py"
+
+
+rule demo_figure:
+    input:
+        site_dir=f"{config['demo']['out']}/{{site}}",
+    output:
+        png=report(
+            "results/sites/{site}/demo_example.png",
+            caption="../report/demo_example.rst",
+            category="Cohort",
+            labels={"site": "{site}", "figure": "synthetic subject"},
+        ),
+    log:
+        "logs/demo_figure/{site}.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    script:
+        "../scripts/demo_figure.py"

@@ -284,6 +284,9 @@ def get_report_inputs(wildcards):
         ),
         "curves_table": "results/federated/training_curves.tsv",
         "final": "results/federated/final.json",
+        "demo_examples": (
+            [f"results/sites/{s}/demo_example.png" for s in SITES] if DEMO else []
+        ),
     }
 
 

@@ -13,14 +13,14 @@ rule report:
             labels={"report": "standalone"},
         ),
         headline="results/report/metrics.json",
-    resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
     log:
         "logs/report/report.log",
     localrule: True
     conda:
         "../../envs/report.yaml"
+    resources:
+        slurm_partition=coordinator_partition,
+        slurm_account=coordinator_account,
     params:
         config=config,
         external=EXTERNAL_SITE,

@@ -32,6 +32,7 @@ EXPORT_PATTERNS: tuple[str, ...] = (
     r"summary\.json",
     r"qc/qc_summary\.json",
     r"qc/site_example\.png",
+    r"demo_example\.png",
     r"evaluation/[^/]+/metrics\.json",
     r"evaluation/[^/]+/figures",
     r"evaluation/comparison\.tsv",

@@ -439,6 +439,8 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
     fed_dir = Path(inputs["figures"][list(models).index("federated")])
     for png in sorted(fed_dir.glob("*.png")):
         figures[png.stem] = png
+    for site, png in zip(sites, inputs.get("demo_examples") or [], strict=False):
+        figures[f"synthetic subject, site {site}"] = Path(png)
     comparison = None
     if inputs.get("comparison"):
         comparison = pd.read_csv(inputs["comparison"], sep="\t")
