@@ -55,7 +55,7 @@ def test_external_site_outputs(run: Path) -> None:
     masks = sorted((ev / "masks").glob("*.nii.gz"))
     assert len(masks) == 3
     # native-space masks have exactly the geometry of the subject's original T1c
-    subject = masks[0].name.split("_")[0].removeprefix("sub-")
+    subject = masks[0].name.removeprefix("sub-").split("_desc-")[0]
     t1c = nib.load(run / f"results/demo/X/{subject}/{subject}_t1ce.nii.gz")
     m = nib.load(masks[0])
     assert m.shape == t1c.shape and np.allclose(m.affine, t1c.affine, atol=1e-4)

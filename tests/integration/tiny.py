@@ -19,6 +19,10 @@ TINY_CONFIG = {
         # the explicitly configured cheap mask keeps the test fast; HD-BET has its own test
         "skullstrip": {"method": "atlas"},
         "grid": {"grid_spacing": 6.0, "grid_shape": [24, 32, 24]},
+        # short schedules: the tests check the plumbing, the unit tests and benchmarks the accuracy
+        "coregister": {"iterations": [30, 10]},
+        "atlas": {"iterations": [40, 20, 0]},
+        "n4": {"shrink_factor": 8, "iterations": [10, 10]},
     },
     "model": {"width": 4, "depth": 2},
     "train": {"epochs_per_round": 1, "batch_size": 2, "val_fraction": 0.34},

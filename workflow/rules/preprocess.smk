@@ -32,7 +32,7 @@ rule coregister:
         "benchmarks/coregister/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
-    threads: 2
+    threads: 1
     resources:
         slurm_partition=site_partition,
         slurm_account=site_account,
@@ -77,7 +77,7 @@ rule register_atlas:
         "benchmarks/register_atlas/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
-    threads: 2
+    threads: 1
     resources:
         slurm_partition=site_partition,
         slurm_account=site_account,
@@ -100,7 +100,7 @@ rule n4:
         "benchmarks/n4/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
-    threads: 2
+    threads: 1
     resources:
         slurm_partition=site_partition,
         slurm_account=site_account,
