@@ -58,4 +58,4 @@ def test_slurm_profile_plans_default_workflow() -> None:
 def test_default_config_passes_the_scope_audit() -> None:
     res = audit_workflow(REPO / "Snakefile", [REPO / "config/config.yaml"], workdir=REPO)
     assert res.ok, res.violations
-    assert res.n_jobs > 300
+    assert res.n_jobs > 200

@@ -381,7 +381,7 @@ def test_site_jobs_run_under_site_partition_and_account(
     assert run.returncode == 0, f"snakemake failed ({run.returncode}):\n{run.output[-8000:]}"
     print(f"\n{case.name}: workflow finished on SLURM in {run.seconds:.1f}s")
     for out in case.outputs:
-        assert (case.workdir / out).is_file(), f"missing output {out}"
+        assert (case.workdir / out).exists(), f"missing output {out}"
 
     rows = slurm_cluster.jobs_in(case.workdir)
     assert len(rows) >= case.min_jobs, f"sacct shows {len(rows)} jobs from {case.workdir}:\n{rows}"
