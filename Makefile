@@ -14,6 +14,8 @@ SNAKEMAKE := $(BIN)/snakemake
 help:
 	@echo "make demo   - set up and run the whole pipeline on the synthetic demo cohort"
 	@echo "make test   - set up and run lint checks and the test suite"
+	@echo "make bench-quick - benchmarks 2-5, ~12 min on 2 cores (results/benchmarks/)"
+	@echo "make bench  - all benchmarks incl. quality and end to end (hours)"
 
 # torch first: 2.13.0 is a CPU build served locally; a bare `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml requirements.lock
@@ -50,7 +52,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --update-docs
 
 clean:
-	rm -rf results logs benchmarks/*.tsv .snakemake
+	rm -rf results logs benchmarks/*/ .snakemake
