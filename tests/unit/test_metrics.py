@@ -18,9 +18,7 @@ from fedglioma.errors import ConfigError, InputError
 from fedglioma.evaluate import metrics as M
 from fedglioma.evaluate.compare import compare_models, comparison_table, format_comparison, paired_auc_tests
 from fedglioma.evaluate.site import (
-    choose_thresholds,
     normalise_thresholds,
-    site_confusion_counts,
     summarise_site,
 )
 
@@ -298,19 +296,6 @@ def test_choose_threshold_tie_and_errors() -> None:
         M.choose_threshold_from_counts(t, [5, 4, 3, 2], [0] * 4, [5] * 4, [0] * 4)
     with pytest.raises(ConfigError, match="entries"):
         M.choose_threshold_from_counts(t, [5] * 3, [0] * 4, [5] * 4, [0] * 4)
-
-
-def test_site_counts_and_choose_thresholds() -> None:
-    preds, labels, _ = _cohort(60, seed=3)
-    a = site_confusion_counts(preds.iloc[:30], labels.iloc[:30], site="A")
-    b = site_confusion_counts(preds.iloc[30:], labels.iloc[30:], site="B")
-    json.dumps(a, allow_nan=False)
-    th = choose_thresholds([a, b])
-    assert set(th) == {"idh", "codeletion", "mgmt", "grade"}
-    grid = np.asarray(a["thresholds"])
-    y = labels["idh"].to_numpy(float)
-    c = M.confusion_counts(y, preds["p_idh"].to_numpy(), grid)
-    assert th["idh"] == M.choose_threshold_from_counts(grid, c["tp"], c["fp"], c["tn"], c["fn"])
 
 
 def test_brier_and_reliability_match_sklearn() -> None:

@@ -1,4 +1,4 @@
-"""Subcommands of :mod:`fedglioma.evaluate`: ``metrics``, ``compare``, ``confusion-counts``, ``thresholds``."""
+"""Subcommands of :mod:`fedglioma.evaluate`: ``metrics``, ``compare``."""
 
 from __future__ import annotations
 
@@ -114,28 +114,8 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confusion_counts(args: argparse.Namespace) -> int:
-    from fedglioma.atomic import write_json
-    from fedglioma.evaluate.site import site_confusion_counts
-
-    counts = site_confusion_counts(
-        read_tsv(args.predictions, what="predictions table"), read_tsv(args.labels, what="labels table"), site=args.site
-    )
-    write_json(args.out, counts)
-    return 0
-
-
-def _thresholds(args: argparse.Namespace) -> int:
-    from fedglioma.atomic import write_json
-    from fedglioma.evaluate.site import choose_thresholds
-
-    chosen = choose_thresholds(read_json(p, what="confusion counts") for p in args.counts)
-    write_json(args.out, {"rule": "Youden J on summed training-site validation counts", "thresholds": chosen})
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``metrics``, ``compare``, ``confusion-counts`` and ``thresholds`` to the ``fedglioma`` command."""
+    """Add ``metrics`` and ``compare`` to the ``fedglioma`` command."""
     p = subparsers.add_parser(
         "metrics",
         help="site-aggregated metrics (JSON) and figures from per-subject predictions, labels and segmentation rows",
@@ -190,26 +170,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_compare)
-
-    p = subparsers.add_parser(
-        "confusion-counts",
-        help="a training site's validation confusion counts per marker on the threshold grid (JSON, aggregates)",
-    )
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--site", default=None)
-    p.set_defaults(func=_confusion_counts)
-
-    p = subparsers.add_parser(
-        "thresholds", help="Youden thresholds per marker from the summed confusion counts of training sites"
-    )
-    p.add_argument(
-        "--counts",
-        action="append",
-        required=True,
-        metavar="JSON",
-        help="a training site's confusion-counts JSON (repeatable)",
-    )
-    p.add_argument("--out", required=True, help="output JSON {rule, thresholds: {marker: threshold|null}}")
-    p.set_defaults(func=_thresholds)

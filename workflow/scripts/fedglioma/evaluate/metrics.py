@@ -211,7 +211,7 @@ def labelled(y: ArrayLike, *scores: ArrayLike) -> tuple[NDArray[np.float64], ...
             raise ValueError(f"labels ({yy.shape[0]}) and scores ({s.shape[0]}) differ in length")
     keep = np.isfinite(yy)
     for s in ss:
-        keep &= np.all(np.isfinite(s.reshape(s.shape[0], -1)), axis=1)
+        keep &= np.all(np.isfinite(s), axis=tuple(range(1, s.ndim)))  # every column of a row finite
     return (yy[keep], *(s[keep] for s in ss))
 
 

@@ -3,9 +3,8 @@
 :func:`summarise_site` turns per-subject predictions, labels and segmentation rows into a JSON-able dict that
 holds only aggregates (AUCs, counts, curves, distribution summaries), so it may leave the site.
 
-Training sites use :func:`site_confusion_counts` on their validation split; the coordinator sums the sites'
-counts with :func:`choose_thresholds` (Youden, :func:`~fedglioma.evaluate.metrics.choose_threshold_from_counts`).
-The external site never takes part in choosing a threshold.
+Decision thresholds come from the training sites only (their validation confusion counts, summed by
+:func:`fedglioma.federated.select.select_model`); the external site never takes part in choosing one.
 """
 
 from __future__ import annotations
@@ -257,53 +256,3 @@ def summarise_site(
         "segmentation": summarise_segmentation(seg_rows, site=site),
     }
     return jsonable(summary)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# thresholds from the training sites
-# --------------------------------------------------------------------------------------------------------------
-
-
-def site_confusion_counts(
-    predictions: pd.DataFrame, labels: pd.DataFrame, *, grid: Iterable[float] | None = None, site: str | None = None
-) -> dict[str, Any]:
-    """A training site's validation confusion counts per marker on a fixed threshold grid (JSON-able).
-
-    ``{"thresholds": [...], "markers": {marker: {"tp": [...], "fp": [...], "tn": [...], "fn": [...]}}}``;
-    aggregated counts only, so it may leave the site.
-    """
-    t = M.default_threshold_grid() if grid is None else np.asarray(list(grid), dtype=np.float64)
-    table, _ = merge_site_table(predictions, labels, site=site)
-    out: dict[str, Any] = {"site": site, "thresholds": t.tolist(), "markers": {}}
-    for marker in MARKERS:
-        y, p = marker_targets(table, marker)
-        out["markers"][marker] = {k: v.tolist() for k, v in M.confusion_counts(y, p, t).items()}
-    return out
-
-
-def choose_thresholds(site_counts: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Sum training sites' :func:`site_confusion_counts` and choose each marker's Youden threshold.
-
-    A marker whose summed counts lack positives or negatives gets ``None`` (no thresholded metrics later).
-    All sites must use the same threshold grid.
-    """
-    grid: list[float] | None = None
-    sums: dict[str, dict[str, np.ndarray]] = {}
-    for sc in site_counts:
-        if grid is None:
-            grid = list(sc["thresholds"])
-        elif not np.allclose(grid, sc["thresholds"]):
-            raise ConfigError(f"site {sc.get('site')} used a different threshold grid")
-        for marker, counts in sc["markers"].items():
-            acc = sums.setdefault(marker, {k: np.zeros(len(grid), dtype=np.int64) for k in ("tp", "fp", "tn", "fn")})
-            for k in acc:
-                acc[k] += np.asarray(counts[k], dtype=np.int64)
-    if grid is None:
-        raise ConfigError("no training-site counts given")
-    out: dict[str, float | None] = {}
-    for marker, c in sums.items():
-        try:
-            out[marker] = M.choose_threshold_from_counts(grid, c["tp"], c["fp"], c["tn"], c["fn"])
-        except ConfigError:
-            out[marker] = None
-    return out

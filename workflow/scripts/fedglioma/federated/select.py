@@ -23,6 +23,7 @@ import numpy as np
 
 from fedglioma.atomic import write_json
 from fedglioma.errors import InputError
+from fedglioma.evaluate.metrics import choose_threshold_from_counts
 
 #: Metrics of the round score, and the count field that weights each across sites.
 SCORE_METRICS: tuple[str, ...] = ("dice_mean", "auc.idh", "auc.codeletion", "auc.mgmt", "auc.grade4")
@@ -49,30 +50,24 @@ def _read(path: Path) -> dict[str, Any]:
 def youden(counts: dict[str, Sequence[int]], grid: Sequence[float]) -> dict[str, Any]:
     """Youden-optimal threshold from summed confusion counts over ``grid``.
 
-    Returns ``{threshold, sensitivity, specificity, youden, n_pos, n_neg}``; ``threshold`` is 0.5 and the rest
-    ``None`` when positives or negatives are missing.
+    The choice is :func:`fedglioma.evaluate.metrics.choose_threshold_from_counts` (the one Youden rule of the
+    package: ties go to the threshold closest to 0.5). Returns ``{threshold, sensitivity, specificity, youden,
+    n_pos, n_neg}``; when positives or negatives are missing J is undefined, so ``threshold`` is 0.5 and the rest
+    ``None``.
     """
     tp, fp, tn, fn = (np.asarray(counts[k], dtype=np.int64) for k in ("tp", "fp", "tn", "fn"))
     n_pos, n_neg = int(tp[0] + fn[0]), int(fp[0] + tn[0])
     if n_pos == 0 or n_neg == 0:
-        return {
-            "threshold": 0.5,
-            "sensitivity": None,
-            "specificity": None,
-            "youden": None,
-            "n_pos": n_pos,
-            "n_neg": n_neg,
-        }
-    sens, spec = tp / n_pos, tn / n_neg
-    j = sens + spec - 1
-    # Ties (flat J, e.g. an uninformative score) go to the threshold closest to 0.5.
-    best = np.flatnonzero(j == j.max())
-    i = int(best[np.argmin(np.abs(np.asarray(grid)[best] - 0.5))])
+        return {"threshold": 0.5, "sensitivity": None, "specificity": None, "youden": None,
+                "n_pos": n_pos, "n_neg": n_neg}
+    threshold = choose_threshold_from_counts(grid, tp, fp, tn, fn)
+    i = int(np.flatnonzero(np.asarray(grid, dtype=np.float64) == threshold)[0])
+    sens, spec = tp[i] / n_pos, tn[i] / n_neg
     return {
-        "threshold": float(grid[i]),
-        "sensitivity": float(sens[i]),
-        "specificity": float(spec[i]),
-        "youden": float(j[i]),
+        "threshold": threshold,
+        "sensitivity": float(sens),
+        "specificity": float(spec),
+        "youden": float(sens + spec - 1.0),
         "n_pos": n_pos,
         "n_neg": n_neg,
     }

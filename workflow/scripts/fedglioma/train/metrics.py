@@ -1,9 +1,17 @@
-"""Site-aggregated validation metrics: Dice, AUC (sklearn), confusion counts over a threshold grid."""
+"""Site-aggregated validation metrics: Dice, AUC, confusion counts over a threshold grid.
+
+Thin adapters over :mod:`fedglioma.evaluate.metrics` (one implementation of each metric) that return ``None``
+where a metric cannot be estimated on a small validation split and JSON-ready lists.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from fedglioma.evaluate import metrics as M
 
 #: Fixed threshold grid 0.00, 0.01, ..., 1.00 (a subject is positive when ``p >= t``).
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
@@ -11,18 +19,13 @@ THRESHOLD_GRID: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
 
 def dice_score(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:
     """Hard Dice of ``prob >= threshold`` against a binary ``target`` (same shape); 1.0 when both are empty."""
-    p = prob >= threshold
-    g = target > 0
-    denom = int(p.sum()) + int(g.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
+    return M.dice(np.asarray(prob) >= threshold, np.asarray(target) > 0)
 
 
 def auc_or_none(y: np.ndarray, score: np.ndarray) -> float | None:
     """ROC AUC (``y`` 0/1, ``score`` ``(N,)``), or ``None`` when only one class is present."""
-    y = np.asarray(y)
-    if y.size == 0 or np.unique(y).size < 2:
-        return None
-    return float(roc_auc_score(y, score))
+    value = M.auc(y, score)
+    return None if math.isnan(value) else value
 
 
 def multiclass_auc_or_none(y: np.ndarray, probs: np.ndarray) -> float | None:
@@ -37,24 +40,15 @@ def multiclass_auc_or_none(y: np.ndarray, probs: np.ndarray) -> float | None:
 def threshold_counts(
     y: np.ndarray, score: np.ndarray, grid: tuple[float, ...] = THRESHOLD_GRID
 ) -> dict[str, list[int]]:
-    """Confusion counts at each threshold of ``grid`` (positive when ``score >= t``).
+    """Confusion counts at each threshold of ``grid`` (positive when ``score >= t``), as JSON-ready lists.
 
     Args:
         y: ``(N,)`` 0/1 truth.
         score: ``(N,)`` probabilities.
 
     Returns:
-        ``{"tp": [...], "fp": [...], "tn": [...], "fn": [...]}``, each of ``len(grid)`` ints.
+        ``{"tp": [...], "fp": [...], "tn": [...], "fn": [...]}``, each of ``len(grid)`` ints
+        (:func:`fedglioma.evaluate.metrics.confusion_counts`).
     """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(score, dtype=np.float64)
-    t = np.asarray(grid, dtype=np.float64)
-    pred = s[None, :] >= t[:, None]  # (T, N)
-    tp = (pred & y).sum(1)
-    fp = (pred & ~y).sum(1)
-    return {
-        "tp": tp.tolist(),
-        "fp": fp.tolist(),
-        "tn": (int((~y).sum()) - fp).tolist(),
-        "fn": (int(y.sum()) - tp).tolist(),
-    }
+    counts = M.confusion_counts(np.asarray(y, dtype=np.float64), score, grid)
+    return {k: v.tolist() for k, v in counts.items()}
