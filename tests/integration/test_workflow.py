@@ -9,11 +9,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedglioma.audit import audit_workflow
 from tests.browser import CHROMIUM, check_page
-from tests.integration.tiny import REPO, snakemake, write_tiny
+from tests.integration.tiny import REPO, TINY_CONFIG, snakemake, write_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +89,22 @@ def test_resume_after_deleting_last_round_is_bit_identical(run: Path) -> None:
     res = snakemake(run, "--cores", "2", "results/federated/round-2/global.safetensors")
     assert res.returncode == 0, res.stderr[-4000:]
     assert sha(final_model) == before
+
+
+def test_baselines_and_comparison(run: Path) -> None:
+    """Switching the baselines on reuses the preprocessing and adds centralized and local-only models."""
+    cfg = {**TINY_CONFIG, "baselines": {"centralized": True, "local_only": True}}
+    write_tiny(run, cfg)
+    res = snakemake(run, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-6000:]
+    for model in ("centralized", "local-A", "local-B"):
+        metrics = json.loads((run / f"results/sites/X/evaluation/{model}/metrics.json").read_text())
+        assert metrics["site"] == "X"
+    # the local-only model of site A saw only site A's subjects, the centralized one both sites'
+    meta_a = json.loads((run / "results/sites/A/baselines/local_only/model.json").read_text())
+    meta_c = json.loads((run / "results/baselines/centralized/model.json").read_text())
+    assert 1 <= meta_a["n_train"] < meta_c["n_train"]
+    table = pd.read_csv(run / "results/sites/X/evaluation/comparison.tsv", sep="\t")
+    assert {"federated", "centralized", "local-A", "local-B"} <= {c.split("_")[0] for c in table.columns}
+    assert "ratio_federated_centralized" in table.columns
+    assert "centralized" in (run / "results/report/index.html").read_text()

@@ -25,7 +25,6 @@ rule centralized_train:
         model=config["model"],
         train=config["train"],
         rounds=ROUNDS,
-        qc=config["qc"],
         sites=TRAIN_SITES,
     script:
         "../scripts/train_baseline.py"
@@ -52,7 +51,6 @@ rule local_only_train:
         model=config["model"],
         train=config["train"],
         rounds=ROUNDS,
-        qc=config["qc"],
         sites=get_site_list,
     script:
         "../scripts/train_baseline.py"
@@ -77,7 +75,6 @@ rule baseline_validate:
         model=config["model"],
         train=config["train"],
         federated=config["federated"],
-        qc=config["qc"],
     script:
         "../scripts/baseline_validate.py"
 

@@ -142,6 +142,11 @@ def get_site_training_files(wildcards):
     )
 
 
+def training_set_manifest(site):
+    """The site's training files after QC exclusion (rule training_set), read by every round's jobs."""
+    return f"results/sites/{site}/prep/training_set.tsv"
+
+
 def get_final_targets():
     return ["results/report/index.html"]
 
@@ -165,8 +170,7 @@ def get_local_train_inputs(wildcards):
     inputs = {
         "global_model": f"results/federated/round-{rnd - 1}/global.safetensors",
         "labels": f"results/sites/{wildcards.site}/labels.tsv",
-        "qc": f"results/sites/{wildcards.site}/qc/site_qc.tsv",
-        "files": get_site_training_files(wildcards),
+        "training_set": training_set_manifest(wildcards.site),
     }
     if rnd > 1:
         inputs["local_state"] = (
@@ -196,8 +200,7 @@ def get_validate_inputs(wildcards):
         "global_model": f"results/federated/round-{rnd}/global.safetensors",
         "local_state": f"{site_round_dir(wildcards.site, rnd)}/local.safetensors",
         "labels": f"results/sites/{wildcards.site}/labels.tsv",
-        "qc": f"results/sites/{wildcards.site}/qc/site_qc.tsv",
-        "files": get_site_training_files(wildcards),
+        "training_set": training_set_manifest(wildcards.site),
     }
 
 
@@ -316,34 +319,26 @@ def global_model_template(wildcards):
 def _site_inputs(site):
     return {
         "labels": f"results/sites/{site}/labels.tsv",
-        "qc": f"results/sites/{site}/qc/site_qc.tsv",
-        "files": expand(
-            "results/sites/{site}/prep/sub-{subject}_train.npz",
-            site=site,
-            subject=get_subjects(site),
-        ),
+        "training_set": training_set_manifest(site),
     }
+
+
+def _baseline_inputs(sites):
+    """Round-0 initialisation plus each site's labels, QC table and training files, named per site."""
+    inputs = {"init": "results/federated/round-0/global.safetensors"}
+    for s in sites:
+        for key, value in _site_inputs(s).items():
+            inputs[f"{key}_{s}"] = value
+    return inputs
 
 
 def get_centralized_inputs(wildcards):
     """The pooled training sites (the centralized baseline pools data by design)."""
-    inputs = {
-        "init": "results/federated/round-0/global.safetensors",
-        "labels": [],
-        "qc": [],
-        "files": [],
-    }
-    for s in TRAIN_SITES:
-        for key, value in _site_inputs(s).items():
-            inputs[key] += value if isinstance(value, list) else [value]
-    return inputs
+    return _baseline_inputs(TRAIN_SITES)
 
 
 def get_local_only_inputs(wildcards):
-    return {
-        "init": "results/federated/round-0/global.safetensors",
-        **_site_inputs(wildcards.site),
-    }
+    return _baseline_inputs([wildcards.site])
 
 
 def get_site_list(wildcards):

@@ -22,6 +22,26 @@ rule init_model:
         "../scripts/init_model.py"
 
 
+rule training_set:
+    input:
+        files=get_site_training_files,
+        qc="results/sites/{site}/qc/site_qc.tsv",
+    output:
+        manifest="results/sites/{site}/prep/training_set.tsv",
+    log:
+        "logs/training_set/{site}.log",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        slurm_partition=site_partition,
+        slurm_account=site_account,
+    params:
+        qc=config["qc"],
+    script:
+        "../scripts/training_set.py"
+
+
 rule local_train:
     input:
         unpack(get_local_train_inputs),
@@ -45,7 +65,6 @@ rule local_train:
         model=config["model"],
         train=config["train"],
         federated=config["federated"],
-        qc=config["qc"],
     script:
         "../scripts/local_train.py"
 
@@ -91,7 +110,6 @@ rule validate:
         model=config["model"],
         train=config["train"],
         federated=config["federated"],
-        qc=config["qc"],
     script:
         "../scripts/validate.py"
 

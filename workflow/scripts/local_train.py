@@ -9,9 +9,8 @@ if "snakemake" in globals():
         local_train,
         global_model=snakemake.input.global_model,
         local_state=snakemake.input.get("local_state"),
-        files=list(snakemake.input.files),
+        training_set=snakemake.input.training_set,
         labels=snakemake.input.labels,
-        qc_table=snakemake.input.qc,
         out_update=snakemake.output.params_update,
         out_sidecar=snakemake.output.params_sidecar,
         out_local=snakemake.output.local,
@@ -20,6 +19,5 @@ if "snakemake" in globals():
         model_cfg=dict(snakemake.params.model),
         train_cfg=dict(snakemake.params.train),
         federated_cfg=dict(snakemake.params.federated),
-        qc_cfg=dict(snakemake.params.qc),
         threads=snakemake.threads,
     )

@@ -18,7 +18,7 @@ import pandas as pd
 from fedglioma.atomic import write_json
 from fedglioma.config import SiteRow
 from fedglioma.constants import TASKS
-from fedglioma.errors import InputError
+from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.clinical import write_site_labels
 from fedglioma.io.layouts import discover
 
@@ -188,17 +188,48 @@ def kept_files(files: Sequence[str], qc_table: str | None, qc_cfg: Mapping[str, 
     return kept
 
 
-def local_train(global_model: str, local_state: str | None, files: Sequence[str], labels: str, qc_table: str,
+def training_set(files: Sequence[str], qc_table: str, out_tsv: str, *, site: str, qc_cfg: Mapping[str, Any]) -> None:
+    """Rule ``training_set``: the site's training files after QC exclusion, one manifest for every round.
+
+    Training, validation and the baselines read this one file instead of listing every subject's file in every
+    round's job, which keeps the DAG of a 100-round federation small.
+    """
+    from fedglioma.atomic import atomic_path
+    from fedglioma.train.data import subject_of
+
+    kept = kept_files(files, qc_table, qc_cfg, site=site)
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame({"subject": [subject_of(f, site=site) for f in kept], "file": kept}).to_csv(
+            tmp, sep="\t", index=False)
+
+
+def read_training_set(path: str, *, site: str) -> list[str]:
+    """The training files listed by a :func:`training_set` manifest (each must exist)."""
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"training-set manifest unreadable ({exc})", site=site, file=path) from exc
+    if list(table.columns) != ["subject", "file"] or table.empty:
+        raise InputError("not a training-set manifest (columns subject, file; at least one row)", site=site,
+                         file=path, fix="delete it and rerun the training_set rule")
+    missing = [f for f in table["file"] if not Path(f).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} listed training file(s) missing, first {missing[0]}", site=site,
+                         file=path, fix="rerun the preprocessing of the site")
+    return table["file"].tolist()
+
+
+def local_train(global_model: str, local_state: str | None, training_set: str, labels: str,
                 out_update: str, out_sidecar: str, out_local: str, *, site: str, round_: int,
                 model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], federated_cfg: Mapping[str, Any],
-                qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+                threads: int = 1) -> None:
     """Rule ``local_train``: one site's local epochs from the previous global model."""
     from fedglioma.federated.exchange import sidecar_path
     from fedglioma.train.local import local_train as _train
 
     assert sidecar_path(out_update) == Path(out_sidecar)
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
-    _train(global_model, kept_files(files, qc_table, qc_cfg, site=site), labels, out_update, out_sidecar, site=site,
+    _train(global_model, read_training_set(training_set, site=site), labels, out_update, out_sidecar, site=site,
            round=round_, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
            local_out=out_local)
 
@@ -216,15 +247,15 @@ def aggregate(updates: Sequence[str], previous: str, state: str | None, out_mode
                     site_local_patterns=fcfg.site_local_patterns)
 
 
-def validate(global_model: str, local_state: str, files: Sequence[str], labels: str, qc_table: str, out_json: str,
+def validate(global_model: str, local_state: str | None, training_set: str, labels: str, out_json: str,
              *, site: str, round_: int, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
-             federated_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+             federated_cfg: Mapping[str, Any], threads: int = 1) -> None:
     """Rule ``validate``: the global model of a round on the site's validation split (aggregated metrics)."""
     from fedglioma.train.local import validate as _validate
 
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     personal = local_state if f.site_local_patterns else None
-    _validate(global_model, kept_files(files, qc_table, qc_cfg, site=site), labels, out_json, site=site,
+    _validate(global_model, read_training_set(training_set, site=site), labels, out_json, site=site,
               round=round_, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
               site_local_patterns=f.site_local_patterns or None)
 
@@ -459,14 +490,14 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
 
 
 # ---- baselines --------------------------------------------------------------------------------
-def train_baseline(init_model: str, files: Sequence[str], labels: Sequence[str], qc_tables: Sequence[str],
-                   sites: Sequence[str], out_model: str, out_meta: str, *, rounds: int, model_cfg: Mapping[str, Any],
-                   train_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], threads: int = 1) -> None:
+def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Mapping[str, str], out_model: str,
+                   out_meta: str, *, rounds: int, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
+                   threads: int = 1) -> None:
     """Rules ``centralized_train`` / ``local_only_train``: one model on one or several pooled sites.
 
-    Same model, seed and initialisation as the federation, and the same total number of epochs
-    (``rounds * epochs_per_round``); each site's validation subjects are held out exactly as in
-    federated training (the split hashes subject IDs).
+    ``training_sets`` (:func:`training_set` manifests) and ``labels`` are keyed by site (one site for local-only). Same model, seed and
+    initialisation as the federation, and the same total number of epochs (``rounds * epochs_per_round``); each
+    site's validation subjects are held out exactly as in federated training (the split hashes subject IDs).
     """
     import tempfile
 
@@ -476,14 +507,11 @@ def train_baseline(init_model: str, files: Sequence[str], labels: Sequence[str],
     from fedglioma.train.local import local_train as _train
 
     assert sidecar_path(out_model) == Path(out_meta)
-    kept: list[str] = []
-    by_site: dict[str, list[str]] = {}
-    for f in files:
-        site = Path(f).parts[Path(f).parts.index("sites") + 1] if "sites" in Path(f).parts else sites[0]
-        by_site.setdefault(site, []).append(f)
-    for site, qc in zip(sites, qc_tables, strict=True):
-        kept += kept_files(by_site.get(site, []), qc, qc_cfg, site=site)
-    pooled = pd.concat([read_labels(p) for p in labels], ignore_index=True)
+    sites = list(training_sets)
+    if set(labels) != set(sites):
+        raise ConfigError(f"baseline inputs name different sites: training sets {sites}, labels {sorted(labels)}")
+    kept = [f for site in sites for f in read_training_set(training_sets[site], site=site)]
+    pooled = pd.concat([read_labels(labels[s]) for s in sites], ignore_index=True)
     dup = pooled["subject"][pooled["subject"].duplicated()].tolist()
     if dup or len({subject_of(f) for f in kept}) != len(kept):
         raise InputError(f"subject IDs {dup} occur at several sites; a pooled baseline needs unique IDs",
