@@ -1,0 +1,53 @@
+"""The Snakemake entry helper: thread caps and error reporting of a job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fedglioma.errors import InputError
+from fedglioma.smk import run, set_threads
+
+
+def test_set_threads_caps_env_and_an_imported_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        set_threads(1)
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "1"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_set_threads_does_not_import_torch() -> None:
+    code = "import sys; from fedglioma.smk import set_threads; set_threads(2); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _job(tmp_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="demo", wildcards={"site": "A"})
+
+
+def test_run_logs_a_fedglioma_error_as_one_line_and_fails(tmp_path: Path) -> None:
+    def broken() -> None:
+        raise InputError("T1c missing", site="A", subject="001", file="a/b.nii.gz", fix="add the file")
+
+    with pytest.raises(SystemExit) as exc:
+        run(_job(tmp_path), broken)
+    assert exc.value.code == 1
+    text = (tmp_path / "job.log").read_text()
+    assert "T1c missing" in text and "001" in text and "a/b.nii.gz" in text and "Traceback" not in text
+
+
+def test_run_returns_the_result(tmp_path: Path) -> None:
+    assert run(_job(tmp_path), lambda x: x + 1, x=1) == 2
