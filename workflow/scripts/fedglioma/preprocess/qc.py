@@ -93,6 +93,21 @@ def snr(image: np.ndarray, brain: np.ndarray, *, margin: int = 3) -> float | Non
     return float(x[inside].mean() / (1.526 * sd))
 
 
+def _on_grid(
+    template: nib.Nifti1Image, template_mask: nib.Nifti1Image, reference: nib.Nifti1Image
+) -> tuple[np.ndarray, np.ndarray]:
+    """Template image and brain mask on ``reference``'s grid: as they are when the grids agree (the usual case:
+    the final images are in template space), else resampled with ANTsPy (imported only then)."""
+    if template.shape[:3] == reference.shape[:3] and np.allclose(template.affine, reference.affine, atol=1e-4):
+        return np.asarray(template.dataobj, dtype=np.float32), np.asarray(template_mask.dataobj) > 0
+    import ants
+
+    target = to_ants(np.zeros(reference.shape[:3], np.float32), reference.affine)
+    t_img = ants.resample_image_to_target(to_ants(template), target, interp_type="linear").numpy()
+    t_msk = ants.resample_image_to_target(to_ants(template_mask), target, interp_type="nearestNeighbor").numpy() > 0
+    return t_img, t_msk
+
+
 def qc_metrics(
     stripped: Subject,
     raw_t1c: nib.Nifti1Image | None,
@@ -104,8 +119,6 @@ def qc_metrics(
     """QC row: brain volume (mL, native grid), similarity of the template-space T1c to the template
     (NCC inside the template brain mask), SNR of the T1c before skull stripping, fraction of the
     tumour inside the brain mask; ``flagged`` with ``reasons``."""
-    import ants
-
     th = {**THRESHOLDS, **(thresholds or {})}
     assert stripped.brain is not None
     brain = np.asarray(stripped.brain.dataobj) > 0
@@ -113,9 +126,7 @@ def qc_metrics(
     row["brain_volume_ml"] = round(float(brain.sum()) * voxel_volume_ml(stripped.brain), 1)
     row["similarity"] = None
     if template is not None and template_mask is not None:
-        target = to_ants(np.zeros(final.reference.shape, np.float32), final.reference.affine)
-        t_img = ants.resample_image_to_target(to_ants(template), target, interp_type="linear").numpy()
-        t_msk = ants.resample_image_to_target(to_ants(template_mask), target, interp_type="nearestNeighbor").numpy() > 0
+        t_img, t_msk = _on_grid(template, template_mask, final.reference)
         if t_msk.any():
             row["similarity"] = round(ncc(np.asarray(final.reference.dataobj), t_img, t_msk), 4)
     row["snr"] = None
