@@ -55,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --update-docs
 
 clean:
-	rm -rf results logs benchmarks/*/ .snakemake
+	rm -rf results logs .snakemake

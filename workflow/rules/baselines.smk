@@ -13,7 +13,7 @@ rule centralized_train:
     log:
         "logs/centralized_train/train.log",
     benchmark:
-        "benchmarks/centralized_train/train.tsv"
+        "logs/benchmarks/centralized_train/train.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -39,7 +39,7 @@ rule local_only_train:
     log:
         "logs/local_only_train/{site}.log",
     benchmark:
-        "benchmarks/local_only_train/{site}.tsv"
+        "logs/benchmarks/local_only_train/{site}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2

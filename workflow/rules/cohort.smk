@@ -7,7 +7,7 @@ rule synth_site:
     log:
         "logs/synth_site/{site}.log",
     benchmark:
-        "benchmarks/synth_site/{site}.tsv"
+        "logs/benchmarks/synth_site/{site}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     resources:

@@ -14,7 +14,7 @@ rule evaluate:
     log:
         "logs/evaluate/{site}/{model}.log",
     benchmark:
-        "benchmarks/evaluate/{site}/{model}.tsv"
+        "logs/benchmarks/evaluate/{site}/{model}.tsv"
     wildcard_constraints:
         site=EXTERNAL_SITE,
         model="federated|centralized|local-[A-Za-z0-9_-]+",

@@ -53,7 +53,7 @@ rule local_train:
     log:
         "logs/local_train/{site}/round-{round}.log",
     benchmark:
-        "benchmarks/local_train/{site}/round-{round}.tsv"
+        "logs/benchmarks/local_train/{site}/round-{round}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -80,7 +80,7 @@ rule aggregate:
     log:
         "logs/aggregate/round-{round}.log",
     benchmark:
-        "benchmarks/aggregate/round-{round}.tsv"
+        "logs/benchmarks/aggregate/round-{round}.tsv"
     conda:
         "../../envs/train.yaml"
     resources:

@@ -29,7 +29,7 @@ rule coregister:
     log:
         "logs/coregister/{site}/{subject}.log",
     benchmark:
-        "benchmarks/coregister/{site}/{subject}.tsv"
+        "logs/benchmarks/coregister/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -51,7 +51,7 @@ rule skullstrip:
     log:
         "logs/skullstrip/{site}/{subject}.log",
     benchmark:
-        "benchmarks/skullstrip/{site}/{subject}.tsv"
+        "logs/benchmarks/skullstrip/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 2
@@ -74,7 +74,7 @@ rule register_atlas:
     log:
         "logs/register_atlas/{site}/{subject}.log",
     benchmark:
-        "benchmarks/register_atlas/{site}/{subject}.tsv"
+        "logs/benchmarks/register_atlas/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
@@ -97,7 +97,7 @@ rule n4:
     log:
         "logs/n4/{site}/{subject}.log",
     benchmark:
-        "benchmarks/n4/{site}/{subject}.tsv"
+        "logs/benchmarks/n4/{site}/{subject}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1
