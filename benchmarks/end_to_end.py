@@ -36,7 +36,7 @@ BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 
 
 #: where the rules' ``benchmark:`` files may live, relative to the working folder (first found wins)
-RULE_BENCH_DIRS = ("benchmarks", "logs/benchmarks", "results/benchmarks/rules")
+RULE_BENCH_DIRS = ("logs/benchmarks", "benchmarks", "results/benchmarks/rules")
 
 
 def rule_seconds(work: Path) -> list[dict[str, Any]]:

@@ -49,7 +49,8 @@ def test_empty_site_columns_fall_back_to_cluster_defaults(tmp_path: Path) -> Non
 
 
 def test_slurm_profile_plans_default_workflow() -> None:
-    res = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n", "--quiet", "rules"],
+    # --forceall: plan every job even after a `make demo` in this checkout has produced the results
+    res = subprocess.run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n", "--forceall", "--quiet", "rules"],
                          cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "local_train" in res.stdout + res.stderr and "aggregate" in res.stdout + res.stderr
