@@ -495,9 +495,10 @@ def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Ma
                    threads: int = 1) -> None:
     """Rules ``centralized_train`` / ``local_only_train``: one model on one or several pooled sites.
 
-    ``training_sets`` (:func:`training_set` manifests) and ``labels`` are keyed by site (one site for local-only). Same model, seed and
-    initialisation as the federation, and the same total number of epochs (``rounds * epochs_per_round``); each
-    site's validation subjects are held out exactly as in federated training (the split hashes subject IDs).
+    ``training_sets`` (:func:`training_set` manifests) and ``labels`` are keyed by site (one site for
+    local-only). Same model, seed and initialisation as the federation, and the same total number of epochs
+    (``rounds * epochs_per_round``); each site's validation subjects are held out exactly as in federated
+    training (the split hashes subject IDs).
     """
     import tempfile
 
