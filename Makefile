@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES) --printshellcmds
+	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
 	@$(BIN)/fedglioma headline --metrics results/report/metrics.json --synthetic
 	@echo "Report: $(CURDIR)/results/report/index.html"
 

@@ -4,7 +4,7 @@ Copies ``config/config.yaml`` and ``config/sites.tsv`` (the demo paths) into a f
 ``/tmp/bench_demo``) and runs::
 
     snakemake --snakefile Snakefile --directory /tmp/bench_demo --configfile /tmp/bench_demo/config/config.yaml \\
-        --cores 2
+        --profile profiles/local --cores 2
 
 recording wall and CPU seconds, the sampled peak RSS of the whole process tree, the number of jobs, and the
 seconds per rule from the rules' ``benchmark:`` files. Only in the full suite (``run.py`` without ``--quick``).
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / f"{NAME}.log"
     cmd = [common.BIN / "snakemake", "--snakefile", common.REPO / "Snakefile", "--directory", work, "--configfile",
-           work / "config" / "config.yaml", "--cores", str(a.cores)] + (["-n"] if a.dry_run else [])
+           work / "config" / "config.yaml", "--profile", common.REPO / "profiles" / "local", "--cores", str(a.cores)] + (["-n"] if a.dry_run else [])
     print(f"[{NAME}] running the demo workflow in {work} (log {log})", flush=True)
     r = common.run_child(cmd, cwd=work, timeout=a.timeout, log=log, tree=True)
     text = log.read_text(errors="replace")

@@ -423,6 +423,28 @@ def test_training_file_contract(chain) -> None:
     assert 0.9 < info["brain_fraction_kept"] < 1.1
 
 
+def test_resample_to_grid_follows_the_affines_and_keeps_labels() -> None:
+    """Pure affine bookkeeping: a grid shifted by whole voxels and twice as coarse picks exact source voxels."""
+    from fedglioma.preprocess.grid import resample_to_grid
+
+    rng = np.random.default_rng(0)
+    src_aff = np.diag([1.5, 1.5, 1.5, 1.0])
+    src_aff[:3, 3] = [-10.0, 5.0, 2.0]
+    data = rng.random((14, 22, 24)).astype(np.float32)
+    grid_aff = src_aff.copy()
+    grid_aff[:3, :3] *= 2.0  # every second voxel ...
+    grid_aff[:3, 3] += 1.5 * np.array([1, 2, 3])  # ... starting at voxel (1, 2, 3)
+    out = resample_to_grid(data, src_aff, grid_aff, (8, 8, 8), is_label=False, antialias=False)
+    assert out.dtype == np.float32 and out.shape == (8, 8, 8)
+    np.testing.assert_allclose(out[:5, :5, :5], data[1:11:2, 2:12:2, 3:13:2], atol=1e-5)
+    assert np.all(out[-1] == 0)  # grid x index 7 is source voxel 15, beyond the last (13): 0
+    labels = np.zeros((14, 22, 24), np.uint8)
+    labels[4:10, 4:10, 4:10], labels[10:14, 4:10, 4:10] = 2, 4
+    lab = resample_to_grid(labels, src_aff, grid_aff, (8, 8, 8), is_label=True)
+    assert lab.dtype == np.uint8 and set(np.unique(lab)) == {0, 2, 4}
+    np.testing.assert_array_equal(lab[:7, :4, :4], labels[1:15:2, 2:10:2, 3:11:2])
+
+
 def test_to_native_round_trip(chain, tmp_path) -> None:
     grid_json = chain["npz"].with_name(f"sub-{SUB}_grid.json")
     with np.load(chain["npz"]) as z:

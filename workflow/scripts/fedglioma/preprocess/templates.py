@@ -85,17 +85,20 @@ def _load_template(name: str, resolution_mm: float, path: str | None, mask_path:
 
 
 def _resample(img: nib.Nifti1Image, mask: nib.Nifti1Image, spacing: float) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """Resample template and mask to isotropic ``spacing`` with ANTs (same physical extent)."""
-    import ants
+    """Resample template and mask to isotropic ``spacing`` over the same physical extent (first voxel centre
+    kept, ``round(size * zoom / spacing)`` voxels per axis): image cubic B-spline clipped at 0, mask linear
+    > 0.5, with :func:`nibabel.processing.resample_from_to` (scipy; no ANTs import for QC jobs)."""
+    from nibabel.processing import resample_from_to
 
-    from fedglioma.preprocess.common import from_ants, to_ants
-
-    a = ants.resample_image(to_ants(img), (spacing,) * 3, use_voxels=False, interp_type=4)  # B-spline
-    m = ants.resample_image_to_target(to_ants(mask), a, interp_type="linear")
-    out = from_ants(a)
-    out = nib.Nifti1Image(np.clip(out.get_fdata(dtype=np.float32), 0, None), out.affine)
-    mk = nib.Nifti1Image((m.numpy() > 0.5).astype(np.uint8), out.affine)
-    return out, mk
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    shape = tuple(int(n) for n in np.maximum(1, np.floor(np.asarray(img.shape[:3]) * zooms / spacing + 0.5)))
+    affine = img.affine.copy()
+    affine[:3, :3] = img.affine[:3, :3] / zooms * spacing
+    data = np.asarray(resample_from_to(img, (shape, affine), order=3, mode="constant", cval=0.0).dataobj)
+    out = nib.Nifti1Image(np.clip(data, 0, None).astype(np.float32), affine)
+    m = nib.Nifti1Image(np.asarray(mask.dataobj, dtype=np.float32), mask.affine)
+    mdata = np.asarray(resample_from_to(m, (shape, affine), order=1, mode="constant", cval=0.0).dataobj)
+    return out, nib.Nifti1Image((mdata > 0.5).astype(np.uint8), affine)
 
 
 def _sri24() -> tuple[nib.Nifti1Image, nib.Nifti1Image, str]:
