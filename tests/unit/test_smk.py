@@ -34,6 +34,28 @@ def test_set_threads_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_command_line_and_configs_load_without_heavy_libraries() -> None:
+    """Building the ``fedglioma`` parser and reading the train/federated configs import no torch/sklearn/ANTsPy;
+    the lazily exported names still resolve."""
+    code = (
+        "import sys\n"
+        "from fedglioma.cli import build_parser\n"
+        "from fedglioma.train.config import TrainConfig\n"
+        "from fedglioma.federated.config import FederatedConfig\n"
+        "build_parser()\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'ants') if m in sys.modules))\n"
+        "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t\n"
+        "assert all(getattr(p, n) is not None for p in (f, m, t) for n in p.__all__)\n"
+        "assert f.FedAvg.__module__ == 'fedglioma.federated.strategies' and 'FedAvg' in dir(f)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import fedglioma.federated
+
+        _ = fedglioma.federated.nope
+
+
 def _job(tmp_path: Path) -> SimpleNamespace:
     return SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="demo", wildcards={"site": "A"})
 

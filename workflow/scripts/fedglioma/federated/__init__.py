@@ -1,31 +1,54 @@
 """Federated learning: exchange format, update checks, server strategies, site-local parameters, model selection."""
 
-from fedglioma.federated.aggregate import aggregate_files
-from fedglioma.federated.config import STRATEGY_NAMES, FederatedConfig, read_config
-from fedglioma.federated.exchange import (
-    FileUpdate,
-    MemoryUpdate,
-    Update,
-    load_params,
-    load_update,
-    open_update,
-    read_sidecar,
-    save_params,
-    sha256_file,
-    sidecar_path,
-)
-from fedglioma.federated.params import is_site_local, shared_names, split_params
-from fedglioma.federated.select import select_model, youden
-from fedglioma.federated.strategies import (
-    FedAdam,
-    FedAvg,
-    FedProx,
-    FedYogi,
-    Median,
-    Strategy,
-    TrimmedMean,
-    make_strategy,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedglioma.lazy import attach
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs
+    from fedglioma.federated.aggregate import aggregate_files
+    from fedglioma.federated.config import STRATEGY_NAMES, FederatedConfig, read_config
+    from fedglioma.federated.exchange import (
+        FileUpdate,
+        MemoryUpdate,
+        Update,
+        load_params,
+        load_update,
+        open_update,
+        read_sidecar,
+        save_params,
+        sha256_file,
+        sidecar_path,
+    )
+    from fedglioma.federated.params import is_site_local, shared_names, split_params
+    from fedglioma.federated.select import select_model, youden
+    from fedglioma.federated.strategies import (
+        FedAdam,
+        FedAvg,
+        FedProx,
+        FedYogi,
+        Median,
+        Strategy,
+        TrimmedMean,
+        make_strategy,
+    )
+
+#: public name -> submodule; imported on first use (PEP 562), so that reading the federated config (e.g. to
+#: build the ``fedglioma`` command line) does not import torch
+_EXPORTS: dict[str, str] = {
+    "aggregate_files": "aggregate",
+    **dict.fromkeys(("STRATEGY_NAMES", "FederatedConfig", "read_config"), "config"),
+    **dict.fromkeys(("FileUpdate", "MemoryUpdate", "Update", "load_params", "load_update", "open_update",
+                     "read_sidecar", "save_params", "sha256_file", "sidecar_path"), "exchange"),
+    **dict.fromkeys(("is_site_local", "shared_names", "split_params"), "params"),
+    **dict.fromkeys(("select_model", "youden"), "select"),
+    **dict.fromkeys(("FedAdam", "FedAvg", "FedProx", "FedYogi", "Median", "Strategy", "TrimmedMean",
+                     "make_strategy"), "strategies"),
+}
+
+
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 __all__ = [
     "STRATEGY_NAMES",

@@ -7,8 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedglioma.constants import MODALITIES
+from fedglioma.constants import MODALITIES, TASKS
 from fedglioma.errors import ConfigError
+
+#: Loss terms and their default weights (here, not in :mod:`fedglioma.model.loss`, so configs load without torch).
+LOSS_TERMS: tuple[str, ...] = ("seg", *TASKS)
+DEFAULT_TASK_WEIGHTS: dict[str, float] = dict.fromkeys(LOSS_TERMS, 1.0)
 
 
 @dataclass(frozen=True)

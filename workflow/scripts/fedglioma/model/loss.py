@@ -16,10 +16,8 @@ from torch import nn
 
 from fedglioma.constants import TASKS
 from fedglioma.errors import ConfigError
+from fedglioma.model.config import DEFAULT_TASK_WEIGHTS, LOSS_TERMS
 
-#: Loss terms and their default weights.
-LOSS_TERMS: tuple[str, ...] = ("seg", *TASKS)
-DEFAULT_TASK_WEIGHTS: dict[str, float] = dict.fromkeys(LOSS_TERMS, 1.0)
 IDH, CODELETION, MGMT, GRADE = range(4)
 
 

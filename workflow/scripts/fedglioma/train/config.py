@@ -10,8 +10,7 @@ from typing import Any
 
 from fedglioma.errors import ConfigError
 from fedglioma.federated.config import FederatedConfig, read_config, section
-from fedglioma.model.config import ModelConfig
-from fedglioma.model.loss import DEFAULT_TASK_WEIGHTS, LOSS_TERMS
+from fedglioma.model.config import DEFAULT_TASK_WEIGHTS, LOSS_TERMS, ModelConfig
 
 
 def _from_dict(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
