@@ -91,15 +91,13 @@ def resample_to_grid(
     if is_label:
         labels = np.asarray(data)
         values = np.unique(labels)
+        values = values[values != 0]
+        best = 1.0 - linear(labels != 0)  # background weight
         out = np.zeros(shape, dtype=labels.dtype)
-        best = np.full(shape, -np.inf, dtype=np.float32)
-        total = np.zeros(shape, dtype=np.float32)
-        for v in values[values != 0]:
+        for v in values:
             w = linear(labels == v)
-            total += w
             win = w > best
             out[win], best[win] = v, w[win]
-        out[1.0 - total >= best] = 0  # background weight (interpolation is linear); it wins ties
         return out
     x = np.asarray(data, dtype=np.float32)
     if antialias:
