@@ -227,7 +227,7 @@ def test_check_inputs_not_nifti_and_bad_labels(tmp_path: Path, capsys: pytest.Ca
     assert main(["check-inputs", "--sites", str(tsv)]) == 1
     out = capsys.readouterr().out
     assert f"site A, subject {s1}" in out and "cannot be read as NIfTI" in out
-    assert f"site A, subject {s2}" in out and "label values [3]" in out
+    assert f"site A, subject {s2}" in out and "label value(s) [3]" in out
 
 
 def test_check_inputs_seg_grid_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

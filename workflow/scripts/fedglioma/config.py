@@ -17,8 +17,9 @@ import jsonschema
 import pandas as pd
 import yaml
 
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.io.layouts import DEFAULT_TUMOUR_LABELS
+from fedglioma.io.layouts import DEFAULT_NON_TUMOUR_LABELS, DEFAULT_TUMOUR_LABELS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -69,10 +70,17 @@ class SiteRow:
     space: str
     slurm_partition: str
     slurm_account: str
+    coregistered: bool = False
+    non_tumour_labels: tuple[int, ...] = ()
 
     @property
     def is_external(self) -> bool:
         return self.role == "external"
+
+    @property
+    def declared(self) -> Declared:
+        """What the site declares was already done to its images (skull stripping, co-registration, space)."""
+        return Declared(skull_stripped=self.skull_stripped, coregistered=self.coregistered, space=self.space)
 
 
 def site_row(rec: Mapping[str, Any]) -> SiteRow:
@@ -90,7 +98,16 @@ def site_row(rec: Mapping[str, Any]) -> SiteRow:
         space=rec["space"],
         slurm_partition=rec.get("slurm_partition") or "",
         slurm_account=rec.get("slurm_account") or "",
+        coregistered=rec.get("coregistered", "no") == "yes",
+        non_tumour_labels=_labels(rec.get("non_tumour_labels"), DEFAULT_NON_TUMOUR_LABELS.get(rec["layout"], ())),
     )
+
+
+def _labels(text: Any, default: tuple[int, ...]) -> tuple[int, ...]:
+    text = str(text or "").strip()
+    if text == "none":
+        return ()
+    return tuple(int(v) for v in text.split(",")) if text else default
 
 
 def read_sites_table(path: str | Path) -> pd.DataFrame:

@@ -61,42 +61,8 @@ def import_subject(row: SiteRow, subject: str, out_dir: str, layout_options: Map
         raise InputError("subject not found or incomplete" + (f" ({'; '.join(problems)})" if problems else ""),
                          site=row.site, subject=subject, file=row.path, fix="run `fedglioma check-inputs`")
     s = match[0]
-    _import(s.images, s.seg, row.tumour_labels, Path(out_dir), site=row.site, subject=subject)
-
-
-def coregister(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
-    from fedglioma.preprocess.coregister import coregister as _step
-
-    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
-
-
-def skullstrip(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any], row: SiteRow,
-               threads: int = 1) -> None:
-    from fedglioma.preprocess.skullstrip import skullstrip as _step
-
-    params = dict(cfg)
-    if row.skull_stripped:
-        params["method"] = "skip"
-    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **params)
-
-
-def register_atlas(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any], row: SiteRow,
-                   threads: int = 1) -> None:
-    from fedglioma.preprocess.atlas import register_atlas as _step
-
-    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, site_space=row.space, **cfg)
-
-
-def n4(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
-    from fedglioma.preprocess.intensity import n4 as _step
-
-    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
-
-
-def normalise(in_dir: str, out_dir: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
-    from fedglioma.preprocess.intensity import normalise as _step
-
-    _step(Path(in_dir), Path(out_dir), site=site, subject=subject, **cfg)
+    _import(s.images, s.seg, row.tumour_labels, Path(out_dir), site=row.site, subject=subject,
+            non_tumour_labels=row.non_tumour_labels, declared=row.declared)
 
 
 def training_file(in_dir: str, out_npz: str, out_grid: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from fedglioma.config import SiteRow
 from fedglioma.constants import MODALITIES, TASKS
+from fedglioma.declared import Declared, check_declared
 from fedglioma.errors import InputError
 from fedglioma.io.clinical import ClinicalMapping, harmonise, read_table
 from fedglioma.io.layouts import Subject, discover
@@ -28,30 +29,36 @@ class SiteCheck:
     problems: list[InputError] = field(default_factory=list)
 
 
-def check_seg_values(data: np.ndarray, tumour_labels: Sequence[int], *, site: str, subject: str, file: Path) -> None:
-    """Raise when the segmentation holds a value that is neither background nor a declared tumour label."""
-    values = set(np.unique(data).astype(int).tolist())
-    unknown = sorted(values - {0} - set(tumour_labels))
-    if unknown or not np.allclose(data, np.round(data)):
-        raise InputError(
-            f"segmentation has label values {unknown or 'that are not integers'} not declared as tumour labels "
-            f"{list(tumour_labels)}",
-            site=site,
-            subject=subject,
-            file=file,
-            fix="declare the labels in the tumour_labels column of sites.tsv (or remove them from the mask)",
-        )
+def check_seg_values(data: np.ndarray, tumour_labels: Sequence[int], *, site: str, subject: str, file: Path,
+                     non_tumour_labels: Sequence[int] = ()) -> None:
+    """Raise when the segmentation holds a value that is neither background nor a declared (non-)tumour label:
+    the import step's own check (:func:`fedglioma.preprocess.importing.whole_tumour`)."""
+    from fedglioma.preprocess.importing import whole_tumour
 
+    whole_tumour(data, tumour_labels, non_tumour_labels=non_tumour_labels, site=site, subject=subject, file=file)
 
-def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels: bool = True) -> list[InputError]:
-    """Open every file of a subject; return the problems (never raises InputError)."""
+def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels: bool = True,
+                        non_tumour_labels: Sequence[int] = (), declared: Declared | None = None) -> list[InputError]:
+    """Open every file of a subject; return the problems (never raises InputError).
+
+    With ``read_voxels`` the site's declaration is checked as the import step checks it
+    (:func:`fedglioma.declared.check_declared`: template grid, no skull when declared skull-stripped).
+    """
     problems: list[InputError] = []
     ref = None
+    imgs = {}
     for mod in MODALITIES:
         try:
             img = load_nifti(s.images[mod], site=s.site, subject=s.subject, load_data=read_voxels)
+            imgs[mod] = img
             if mod == "T1c":
                 ref = img
+        except InputError as e:
+            problems.append(e)
+    if read_voxels and declared is not None and len(imgs) == len(MODALITIES):
+        try:
+            check_declared(imgs, declared, site=s.site, subject=s.subject,
+                           files={m: str(p) for m, p in s.images.items()})
         except InputError as e:
             problems.append(e)
     if s.seg is not None:
@@ -60,7 +67,8 @@ def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels
             if ref is not None:
                 check_same_grid(ref, seg, site=s.site, subject=s.subject, file=s.seg, what="segmentation")
             if read_voxels:
-                check_seg_values(np.asanyarray(seg.dataobj), tumour_labels, site=s.site, subject=s.subject, file=s.seg)
+                check_seg_values(np.asanyarray(seg.dataobj), tumour_labels, site=s.site, subject=s.subject, file=s.seg,
+                                 non_tumour_labels=non_tumour_labels)
         except InputError as e:
             problems.append(e)
     return problems
@@ -80,7 +88,8 @@ def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, r
         out.problems.append(InputError(f"no subjects found in the {row.layout} layout", site=row.site, file=row.path,
                                        fix="check the path and layout columns of sites.tsv"))
     for s in found.subjects:
-        bad = check_subject_files(s, row.tumour_labels, read_voxels=read_voxels)
+        bad = check_subject_files(s, row.tumour_labels, read_voxels=read_voxels,
+                                  non_tumour_labels=row.non_tumour_labels, declared=row.declared)
         out.problems.extend(bad)
         if not bad:
             out.subjects.append(s)

@@ -227,6 +227,9 @@ DEFAULT_TUMOUR_LABELS: dict[str, tuple[int, ...]] = {
     "egd": (1,),
     "nnunet": (1, 2, 3),
 }
+#: Label values a layout's masks may hold that are not tumour (left out of the whole-tumour mask, not an error):
+#: BraTS 2024 post-treatment masks (BraTS 2023+ naming) add 4 = resection cavity.
+DEFAULT_NON_TUMOUR_LABELS: dict[str, tuple[int, ...]] = {"brats2023": (4,)}
 
 
 def discover(root: str | Path, layout: str, site: str, **options: object) -> Discovery:

@@ -2,13 +2,22 @@
 
 The transform files stay in ``<step>/xfm/`` (paths relative to the subject folder in
 state.json) so network-grid outputs can be mapped back to native space.
-Sites whose ``space`` already is the configured template skip the registration:
-identity, data unchanged, recorded in state.json.
+What a site declares (:class:`~fedglioma.declared.Declared`) decides what runs:
+
+- ``space: native``: the T1c brain is registered to the template (one registration per subject);
+- ``space`` = the configured template: no registration, the images are resampled onto the template
+  grid at ``resolution_mm`` by their headers (identity);
+- another template space (e.g. SRI24 while the network works in MNI152): no registration per subject;
+  the one template-to-template affine (:func:`~fedglioma.preprocess.templates.template_transform`,
+  computed once per template pair) is applied to every subject.
+
+Every skip is recorded in state.json with its reason.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +26,8 @@ import numpy as np
 
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
+from fedglioma.declared import Declared
+from fedglioma.errors import ConfigError
 from fedglioma.preprocess.common import (
     REFERENCE,
     check_unknown_params,
@@ -29,7 +40,7 @@ from fedglioma.preprocess.common import (
     write_step,
 )
 from fedglioma.preprocess.registration import Registration, check_transform, register, schedule
-from fedglioma.preprocess.templates import load_template
+from fedglioma.preprocess.templates import load_template, template_transform_file
 
 log = logging.getLogger("fedglioma.preprocess.atlas")
 
@@ -87,58 +98,81 @@ def register_atlas(
     *,
     site: str,
     subject: str,
-    site_space: str = "native",
+    declared: Declared | None = None,
+    template_transform: str | Path | None = None,
     **params: Any,
 ) -> None:
-    """Register the T1c brain to the template and resample every modality and mask into template space.
+    """Bring the subject into template space: every modality (``interpolator``, linear) and mask
+    (``genericLabel``, then > 0.5) on the template grid at ``resolution_mm``.
 
-    Modalities: ``interpolator`` (linear); masks: ``genericLabel`` then > 0.5.
-    When ``site_space`` equals the template name the step is skipped (identity); any other
-    space (``native``, another template) is registered.
+    ``declared.space`` decides how (module docstring); ``template_transform`` is the folder written by
+    :func:`~fedglioma.preprocess.templates.template_transform` for ``declared.space`` -> template, needed
+    only when the two differ and neither is native.
     """
     import ants
 
     check_unknown_params(params, set(DEFAULTS), "register_atlas")
     p = {**DEFAULTS, **params}
+    declared = declared or Declared()
     out_dir = Path(out_dir)
     name = str(p["template"])
     sub = read_step(in_dir, site=site, subject=subject, need_brain=True)
     assert sub.brain is not None
+    space = declared.space
+    if space not in ("native", name) and template_transform is None:
+        raise ConfigError(f"site {site} is in {space} space and the network works in {name}: register_atlas "
+                          f"needs the {space}_to_{name} template transform (rule template_transform)")
     with atomic_dir(out_dir) as tmp:
-        if site_space == name:
-            with timer() as t:
-                pass
-            sub.state.transforms["atlas"] = {"template": name, "identity": True, "forward": [], "inverse": [],
-                                             "whichtoinvert": [], "template_grid": grid_of(sub.reference)}
-            sub.state.add_step("register_atlas", params=p, skipped=True, seconds=t["seconds"],
-                               reason=f"site space is already {name}: identity transform, images unchanged")
-            write_step(tmp, sub, subject=subject)
-            return
         with timer() as t:
             tpl = load_template(name, resolution_mm=float(p["resolution_mm"]), path=p["template_path"],
                                 mask_path=p["template_mask_path"])
-            reg = register_to_template(sub.reference, sub.brain, tpl.image, tpl.mask, workdir=tmp, dest=tmp / "xfm", params=p)
             fixed = to_ants(tpl.image)
-            fwd = [str(f) for f in reg.forward]
+            record: dict[str, Any] = {"template": name, "template_source": tpl.source, "template_grid": grid_of(tpl.image),
+                                      "moving": REFERENCE, "space": space}
+            reg = None
+            if space == "native":
+                reg = register_to_template(sub.reference, sub.brain, tpl.image, tpl.mask, workdir=tmp,
+                                           dest=tmp / "xfm", params=p)
+                fwd = [str(f) for f in reg.forward]
+                record.update(identity=False,
+                              forward=[rel_to_subject(out_dir, "xfm", f.name) for f in reg.forward],
+                              inverse=[rel_to_subject(out_dir, "xfm", f.name) for f in reg.inverse],
+                              whichtoinvert=reg.inverse_invert)
+            elif space == name:
+                fwd = []
+                record.update(identity=True, forward=[], inverse=[], whichtoinvert=[])
+            else:
+                (tmp / "xfm").mkdir(parents=True, exist_ok=True)
+                mat = tmp / "xfm" / f"{space}_to_{name}_0GenericAffine.mat"
+                shutil.copyfile(template_transform_file(template_transform), mat)
+                fwd = [str(mat)]
+                rel = rel_to_subject(out_dir, "xfm", mat.name)
+                record.update(identity=False, template_transform=f"{space}_to_{name}", forward=[rel], inverse=[rel],
+                              whichtoinvert=[True])
             ref_hdr = nib.Nifti1Image(np.zeros(tpl.image.shape, np.float32), tpl.image.affine)
             for m in MODALITIES:
-                out = ants.apply_transforms(fixed, to_ants(sub.images[m]), fwd, interpolator=p["interpolator"])
+                moving = to_ants(sub.images[m])
+                out = (ants.apply_transforms(fixed, moving, fwd, interpolator=p["interpolator"]) if fwd
+                       else ants.resample_image_to_target(moving, fixed, interp_type=p["interpolator"]))
                 sub.images[m] = from_ants(out, like_img=ref_hdr)
             for attr in ("brain", "tumour"):
                 mask = getattr(sub, attr)
                 if mask is not None:
-                    out = ants.apply_transforms(fixed, to_ants(mask), fwd, interpolator="genericLabel")
+                    mov = to_ants(mask)
+                    out = (ants.apply_transforms(fixed, mov, fwd, interpolator="genericLabel") if fwd
+                           else ants.resample_image_to_target(mov, fixed, interp_type="genericLabel"))
                     setattr(sub, attr, nib.Nifti1Image((out.numpy() > 0.5).astype(np.uint8), tpl.image.affine))
-            sub.state.transforms["atlas"] = {
-                "template": name,
-                "template_source": tpl.source,
-                "identity": False,
-                "forward": [rel_to_subject(out_dir, "xfm", f.name) for f in reg.forward],
-                "inverse": [rel_to_subject(out_dir, "xfm", f.name) for f in reg.inverse],
-                "whichtoinvert": reg.inverse_invert,
-                "template_grid": grid_of(tpl.image),
-                "moving": REFERENCE,
-            }
-        sub.state.add_step("register_atlas", params=p, seconds=t["seconds"], registration=reg.params,
-                           site_space=site_space)
+            sub.state.transforms["atlas"] = record
+        if space == "native":
+            assert reg is not None
+            sub.state.add_step("register_atlas", params=p, seconds=t["seconds"], registration=reg.params,
+                               site_space=space)
+        elif space == name:
+            sub.state.add_step("register_atlas", params=p, skipped=True, seconds=t["seconds"], site_space=space,
+                               reason=f"site declared space {name}: no registration, resampled onto the "
+                                      f"{p['resolution_mm']} mm template grid by header")
+        else:
+            sub.state.add_step("register_atlas", params=p, skipped=True, seconds=t["seconds"], site_space=space,
+                               reason=f"site declared space {space}: no registration per subject, the "
+                                      f"{space}_to_{name} template transform (computed once) applied")
         write_step(tmp, sub, subject=subject)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError
 
 
@@ -36,13 +37,48 @@ def _add_ids(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--subject", required=required, help="subject ID")
 
 
+def _add_declared(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what the site declares (as in sites.tsv; --sites reads the site's row instead)")
+    g.add_argument("--sites", type=Path, default=None, help="sites.tsv: take the declaration from --site's row")
+    g.add_argument("--skull-stripped", action="store_true", help="images are already brain-extracted")
+    g.add_argument("--coregistered", action="store_true", help="sequences are already co-registered")
+    g.add_argument("--space", default="native", help="native (default), MNI152 or SRI24")
+
+
+def _declared(a: argparse.Namespace) -> Declared:
+    """The site's declaration: its sites.tsv row with --sites, else the flags (the same values a rule gets)."""
+    if a.sites is not None:
+        from fedglioma.config import load_sites
+
+        rows = {r.site: r for r in load_sites(a.sites)}
+        if a.site not in rows:
+            raise ConfigError(f"site {a.site!r} is not in {a.sites} (sites: {', '.join(rows)})")
+        return rows[a.site].declared
+    return Declared(skull_stripped=a.skull_stripped, coregistered=a.coregistered, space=a.space)
+
+
 def _add_step(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=help_)
     p.add_argument("in_dir", type=Path, help="previous step folder")
     p.add_argument("out_dir", type=Path, help="step folder to write (atomically)")
     _add_ids(p)
-    p.add_argument("--params", default=None, help="step parameters as a JSON object or @file.json")
+    p.add_argument("--params", default=None, help="step parameters as a JSON object or @file.json "
+                   "(the step's section of config.yaml)")
+    _add_declared(p)
     return p
+
+
+def _step_handler(step: str) -> Any:
+    """Handler of a step subcommand: :func:`~fedglioma.preprocess.steps.run_step`, as the rule calls it."""
+
+    def handler(a: argparse.Namespace) -> int:
+        from fedglioma.preprocess.steps import run_step
+
+        run_step(step, a.in_dir, a.out_dir, site=a.site, subject=a.subject, params=_params(a.params),
+                 declared=_declared(a), template_transform=getattr(a, "template_transform", None))
+        return 0
+
+    return handler
 
 
 # --------------------------------------------------------------------------- handlers
@@ -54,20 +90,15 @@ def _cmd_import(a: argparse.Namespace) -> int:
     labels = [int(v) for v in str(a.tumour_labels).split(",") if v.strip()] if a.tumour_labels else []
     if a.seg is not None and not labels:
         raise ConfigError("--seg needs --tumour-labels")
+    other = [int(v) for v in str(a.non_tumour_labels).split(",") if v.strip()]
     import_subject({"T1": a.t1, "T1c": a.t1c, "T2": a.t2, "FLAIR": a.flair}, a.seg, labels, a.out_dir,
-                   site=a.site, subject=a.subject, **_params(a.params))
-    return 0
-
-
-def _cmd_coregister(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.coregister import coregister
-
-    coregister(a.in_dir, a.out_dir, site=a.site, subject=a.subject, **_params(a.params))
+                   site=a.site, subject=a.subject, non_tumour_labels=other, declared=_declared(a), **_params(a.params))
     return 0
 
 
 def _cmd_skullstrip(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.skullstrip import skullstrip, skullstrip_file
+    from fedglioma.preprocess.skullstrip import skullstrip_file
+    from fedglioma.preprocess.steps import run_step
 
     params = _params(a.params)
     for key in ("mode", "method", "device", "precision"):
@@ -78,8 +109,8 @@ def _cmd_skullstrip(a: argparse.Namespace) -> int:
     if Path(a.input).is_dir():
         if not (a.site and a.subject):
             raise ConfigError("skullstrip on a step folder needs --site and --subject")
-        skullstrip(Path(a.input), Path(a.output), site=a.site, subject=a.subject, skull_stripped=a.skull_stripped,
-                   **params)
+        run_step("skullstrip", a.input, a.output, site=a.site, subject=a.subject, params=params,
+                 declared=_declared(a))
     else:
         skullstrip_file(Path(a.input), Path(a.output), out_brain=a.brain, mode=params.get("mode", "fast"),
                         tta=bool(params.get("tta", False)), method=params.get("method", "hdbet"),
@@ -87,24 +118,10 @@ def _cmd_skullstrip(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_atlas(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.atlas import register_atlas
+def _cmd_template_transform(a: argparse.Namespace) -> int:
+    from fedglioma.preprocess.templates import template_transform
 
-    register_atlas(a.in_dir, a.out_dir, site=a.site, subject=a.subject, site_space=a.site_space, **_params(a.params))
-    return 0
-
-
-def _cmd_n4(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.intensity import n4
-
-    n4(a.in_dir, a.out_dir, site=a.site, subject=a.subject, **_params(a.params))
-    return 0
-
-
-def _cmd_normalise(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.intensity import normalise
-
-    normalise(a.in_dir, a.out_dir, site=a.site, subject=a.subject, **_params(a.params))
+    template_transform(a.source, a.target, a.out_dir)
     return 0
 
 
@@ -174,11 +191,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{m}", type=Path, required=True, help=f"{m.upper()} NIfTI")
     p.add_argument("--seg", type=Path, default=None, help="label map on the T1c grid")
     p.add_argument("--tumour-labels", default="", help="comma-separated whole-tumour label values, e.g. 1,2,4")
+    p.add_argument("--non-tumour-labels", default="", help="label values that are not tumour, e.g. 4 (resection "
+                   "cavity of BraTS 2024 masks)")
     p.add_argument("--params", default=None, help="JSON object or @file.json")
+    _add_declared(p)
     p.set_defaults(func=_cmd_import)
 
     _add_step(subparsers, "coregister", "rigidly register T1, T2, FLAIR onto the T1c").set_defaults(
-        func=_cmd_coregister)
+        func=_step_handler("coregister"))
 
     p = subparsers.add_parser(
         "skullstrip",
@@ -193,18 +213,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, or a CUDA index")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="HD-BET network precision: auto (default; bf16 where the processor runs it natively)")
-    p.add_argument("--skull-stripped", action="store_true", help="site images are already brain-extracted")
     _add_ids(p, required=False)
     p.add_argument("--params", default=None, help="JSON object or @file.json")
+    _add_declared(p)
     p.set_defaults(func=_cmd_skullstrip)
 
-    p = _add_step(subparsers, "register-atlas", "register the T1c brain to the template, apply to all")
-    p.add_argument("--site-space", default="native", help="space column of sites.tsv (skip when = template)")
-    p.set_defaults(func=_cmd_atlas)
+    p = _add_step(subparsers, "register-atlas", "bring the subject into template space (registration, or what "
+                  "the site's declared space allows)")
+    p.add_argument("--template-transform", type=Path, default=None,
+                   help="folder of `fedglioma template-transform SPACE TEMPLATE` for a site in another template space")
+    p.set_defaults(func=_step_handler("register_atlas"))
 
-    _add_step(subparsers, "n4", "N4 bias-field correction inside the brain mask").set_defaults(func=_cmd_n4)
+    _add_step(subparsers, "n4", "N4 bias-field correction inside the brain mask").set_defaults(
+        func=_step_handler("n4"))
     _add_step(subparsers, "normalise", "intensity normalisation inside the brain mask").set_defaults(
-        func=_cmd_normalise)
+        func=_step_handler("normalise"))
+
+    p = subparsers.add_parser("template-transform", help="register one template onto another once (affine), for "
+                              "sites that arrive in another template space")
+    p.add_argument("source", help="the sites' space, e.g. SRI24")
+    p.add_argument("target", help="the network's template (preprocess.atlas.template), e.g. MNI152")
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=_cmd_template_transform)
 
     p = subparsers.add_parser("training-file", help="write the network-grid training file and grid JSON")
     p.add_argument("in_dir", type=Path)

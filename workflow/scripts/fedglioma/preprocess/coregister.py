@@ -14,6 +14,7 @@ import nibabel as nib
 
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess.common import (
     REFERENCE,
@@ -78,10 +79,12 @@ def rigid_to_reference(
     return from_ants(out, like_img=fixed), reg.forward
 
 
-def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params: Any) -> None:
+def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, declared: Declared | None = None,
+               **params: Any) -> None:
     """Rigidly register T1, T2, FLAIR onto T1c; resample them onto the T1c grid.
 
-    With ``skip: true`` (modalities already co-registered, e.g. BraTS) no registration
+    When the site declares its sequences co-registered (``coregistered: yes``, or a template
+    ``space``: BraTS, UPENN-GBM, EGD, UCSF-PDGM), or ``skip: true`` is configured, no registration
     runs: modalities already on the T1c grid are copied unchanged and others are
     resampled onto it by their headers alone. Transform files are kept in
     ``<out_dir>/xfm/<mod>_to_T1c_0GenericAffine.mat`` (relative paths in state.json).
@@ -93,6 +96,13 @@ def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params
     if p["interpolator"] not in INTERPOLATORS:
         raise ConfigError(f"coregister interpolator must be one of {sorted(INTERPOLATORS)}")
     out_dir = Path(out_dir)
+    declared = declared or Declared()
+    skip = bool(p["skip"]) or declared.is_coregistered
+    if declared.is_coregistered:
+        reason = (f"site declared space {declared.space}: sequences co-registered by construction"
+                  if declared.in_template else "site declared coregistered")
+    else:
+        reason = "preprocess.coregister.skip is set" if p["skip"] else None
     sub = read_step(in_dir, site=site, subject=subject)
     fixed = sub.reference
     if sub.tumour is not None and not same_grid(sub.tumour, fixed):
@@ -111,7 +121,7 @@ def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params
                 if m == REFERENCE:
                     continue
                 moving = sub.images[m]
-                if p["skip"]:
+                if skip:
                     if same_grid(moving, fixed):
                         how[m] = "unchanged (already on the T1c grid)"
                         continue
@@ -128,8 +138,8 @@ def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params
         sub.state.add_step(
             "coregister",
             params=p,
-            skipped=bool(p["skip"]),
-            reason="preprocess.coregister.skip is set" if p["skip"] else None,
+            skipped=skip,
+            reason=reason,
             seconds=t["seconds"],
             modalities=how,
         )

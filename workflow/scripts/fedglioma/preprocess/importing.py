@@ -17,6 +17,7 @@ from nibabel.orientations import apply_orientation, io_orientation, ornt_transfo
 
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
+from fedglioma.declared import Declared, check_declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.nifti import check_same_grid, load_nifti
 from fedglioma.preprocess.common import (
@@ -115,20 +116,25 @@ def whole_tumour(
     seg: np.ndarray,
     tumour_labels: Sequence[int],
     *,
+    non_tumour_labels: Sequence[int] = (),
     site: str | None = None,
     subject: str | None = None,
     file: Any = None,
 ) -> np.ndarray:
     """Binarise a label map into the whole-tumour mask (uint8).
 
-    Non-integer values and label values that are neither 0 nor in ``tumour_labels``
-    are an InputError: a label is never silently counted or dropped.
+    Non-integer values and label values that are neither 0, nor in ``tumour_labels``, nor declared
+    ``non_tumour_labels`` (e.g. a resection cavity) are an InputError: a label is never silently counted
+    or dropped. This is the one check of label values (``fedglioma check-inputs`` calls it too).
     """
     labels = {int(v) for v in tumour_labels}
+    other = {int(v) for v in non_tumour_labels}
     if not labels:
         raise ConfigError("tumour_labels is empty")
-    if 0 in labels:
-        raise ConfigError("tumour_labels must not contain 0 (background)")
+    if 0 in labels or 0 in other:
+        raise ConfigError("tumour_labels and non_tumour_labels must not contain 0 (background)")
+    if labels & other:
+        raise ConfigError(f"label(s) {sorted(labels & other)} are in both tumour_labels and non_tumour_labels")
     values = np.unique(seg)
     nonint = values[np.abs(values - np.round(values)) > 1e-3]
     if nonint.size:
@@ -140,14 +146,16 @@ def whole_tumour(
             fix="give a label map (integer values), not a probability map or a resampled label map",
         )
     ints = {int(round(float(v))) for v in values}
-    unknown = sorted(ints - labels - {0})
+    unknown = sorted(ints - labels - other - {0})
     if unknown:
         raise InputError(
-            f"segmentation has label value(s) {unknown} that are not in tumour_labels {sorted(labels)}",
+            f"segmentation has label value(s) {unknown} that are not in tumour_labels {sorted(labels)}"
+            + (f" nor in non_tumour_labels {sorted(other)}" if other else ""),
             site=site,
             subject=subject,
             file=file,
-            fix="add the value(s) to tumour_labels of this site in sites.tsv if they are tumour, or fix the label map",
+            fix="add the value(s) to tumour_labels of this site in sites.tsv if they are tumour (to "
+                "non_tumour_labels if not, e.g. a resection cavity), or fix the label map",
         )
     return np.isin(np.round(seg).astype(np.int64), sorted(labels)).astype(np.uint8)
 
@@ -174,9 +182,14 @@ def import_subject(
     *,
     site: str,
     subject: str,
+    non_tumour_labels: Sequence[int] = (),
+    declared: Declared | None = None,
     **params: Any,
 ) -> None:
     """Import one subject: checked loading, FOV and label checks, reorientation to RAS canonical.
+
+    What the site ``declared`` (skull-stripped, template space) is checked against the images here,
+    before any long job runs (:func:`fedglioma.declared.check_declared`).
 
     Args:
         raw: path per modality (keys T1, T1c, T2, FLAIR).
@@ -214,11 +227,14 @@ def import_subject(
             max_centre_mm=float(params.get("fov_max_centre_mm", DEFAULT_FOV_MAX_CENTRE_MM)),
             **ctx,
         )
+        declared_notes = check_declared(native_imgs, declared or Declared(), site=site, subject=subject,
+                                        files={m: str(raw[m]) for m in MODALITIES}, reference=REFERENCE)
         tumour = None
         if seg is not None:
             seg_img = load_nifti(seg, allow_empty=True, **ctx)
             check_same_grid(native_imgs[REFERENCE], seg_img, file=seg, what="segmentation", **ctx)
-            wt = whole_tumour(np.asarray(seg_img.dataobj), tumour_labels, file=seg, **ctx)
+            wt = whole_tumour(np.asarray(seg_img.dataobj), tumour_labels, non_tumour_labels=non_tumour_labels,
+                              file=seg, **ctx)
             if not wt.any():
                 msg = f"segmentation {Path(seg).name} has no tumour voxel (labels {list(tumour_labels)})"
                 log.warning("site %s, subject %s: %s", site, subject, msg)
@@ -226,6 +242,7 @@ def import_subject(
             tumour = to_canonical(nib.Nifti1Image(wt, seg_img.affine, seg_img.header))
             native["files"]["seg"] = str(seg)
             native["tumour_labels"] = [int(v) for v in tumour_labels]
+            native["non_tumour_labels"] = [int(v) for v in non_tumour_labels]
         images = {m: to_canonical(img) for m, img in native_imgs.items()}
         state.native = native
         state.canonical = grid_of(images[REFERENCE])
@@ -234,6 +251,8 @@ def import_subject(
         params={k: params[k] for k in sorted(params)},
         seconds=t["seconds"],
         warnings=warnings,
+        declared=(declared or Declared()).as_dict(),
+        declared_checks=declared_notes,
     )
     with atomic_dir(out_dir) as tmp:
         write_step(tmp, Subject(images=images, tumour=tumour, brain=None, state=state), subject=subject)

@@ -37,7 +37,7 @@ THRESHOLDS: dict[str, float] = {
     "min_tumour_in_brain": 0.95,
     "min_snr": 5.0,
 }
-COLUMNS = ("site", "subject", "brain_volume_ml", "similarity", "snr", "tumour_in_brain", "flagged", "reasons")
+COLUMNS = ("site", "subject", "brain_volume_ml", "similarity", "snr", "tumour_in_brain", "skipped", "flagged", "reasons")
 
 
 def find_step_dir(subject_dir: Path, step: str) -> Path | None:
@@ -240,6 +240,8 @@ def qc(
         template, template_mask = tpl.image, tpl.mask
     row = qc_metrics(stripped, raw_t1c, final, template, template_mask, thresholds)
     row["thresholds"] = {**THRESHOLDS, **(thresholds or {})}
+    # steps skipped because of what the site declared (or the config), e.g. "coregister, skullstrip"
+    row["skipped"] = ", ".join(str(s["name"]) for s in state.steps if s.get("skipped"))
     qc_figure(final, out_png, title=f"site {site}, subject {subject}" + ("  FLAGGED" if row["flagged"] else ""))
     write_json(out_json, row)
     return row

