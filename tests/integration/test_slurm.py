@@ -332,7 +332,7 @@ WORKFLOW_SITES = {"A": ("siteA", "acct_a"), "B": ("siteB", "acct_b"), "X": ("mai
 def workflow_case(tmp_path: Path) -> WorkflowCase:
     """The real workflow on the tiny demo cohort, up to a narrow target: each site generates its data,
     harmonises its labels and imports one subject, each under its own partition and account."""
-    from fedglioma.synth import subject_ids
+    from fedglioma.synth import default_site_specs, site_subject_ids
     from tests.integration.tiny import REPO, TINY_CONFIG, write_tiny
 
     cfg = {**TINY_CONFIG, "cluster": {"coordinator_partition": "coord", "coordinator_account": "coord"}}
@@ -340,7 +340,7 @@ def workflow_case(tmp_path: Path) -> WorkflowCase:
     workdir = write_tiny(tmp_path / "workflow", cfg, extra_columns=extra)
     targets = []
     for i, site in enumerate(("A", "B", "X")):
-        sid = subject_ids(i, 1)[0]
+        sid = site_subject_ids(default_site_specs(3, cfg["demo"]["seed"])[i], i, 1)[0]
         targets += [f"results/sites/{site}/labels.tsv", f"results/sites/{site}/prep/sub-{sid}/01_import"]
 
     def expected(rule: str, wildcards: str) -> tuple[str, str] | None:

@@ -57,7 +57,10 @@ def test_external_site_outputs(run: Path) -> None:
     assert len(masks) == 3
     # native-space masks have exactly the geometry of the subject's original T1c
     subject = masks[0].name.removeprefix("sub-").split("_desc-")[0]
-    t1c = nib.load(run / f"results/demo/X/{subject}/{subject}_t1ce.nii.gz")
+    from fedglioma.io.layouts import discover
+
+    found = {s.subject: s for s in discover(run / "results/demo/X", "upenn_gbm", "X").subjects}
+    t1c = nib.load(found[subject].images["T1c"])
     m = nib.load(masks[0])
     assert m.shape == t1c.shape and np.allclose(m.affine, t1c.affine, atol=1e-4)
 

@@ -36,16 +36,26 @@ SITES = [("A", "train"), ("B", "train"), ("X", "external")]
 def write_tiny(work: Path, config: dict | None = None, sites: list[tuple[str, str]] | None = None,
                extra_columns: dict[str, dict[str, str]] | None = None) -> Path:
     """Write ``config/config.yaml`` and ``config/sites.tsv`` of a tiny demo run under ``work``."""
+    from fedglioma.synth import default_site_specs, demo_clinical_mapping, demo_site_row
+
     cfg = dict(config or TINY_CONFIG)
     (work / "config").mkdir(parents=True, exist_ok=True)
-    cols = ["site", "role", "layout", "path", "clinical", "tumour_labels", "skull_stripped", "space"]
+    cols = ["site", "role", "layout", "path", "clinical", "tumour_labels", "skull_stripped", "coregistered", "space"]
     extra = sorted({k for v in (extra_columns or {}).values() for k in v})
     lines = ["\t".join(cols + extra)]
     out = cfg["demo"]["out"]
-    for site, role in sites or SITES:
-        row = [site, role, "brats2021", f"{out}/{site}", f"{out}/{site}/clinical.tsv", "1,2,4", "no", "native"]
+    sites = sites or SITES
+    # site i is the generator's site i (its dataset layout, state and clinical table)
+    specs = default_site_specs(len(sites), cfg["demo"]["seed"])
+    mappings = {}
+    for (site, role), spec in zip(sites, specs, strict=True):
+        declared = demo_site_row(spec, site, out)
+        row = [site, role, *(declared[c] for c in cols[2:])]
         row += [(extra_columns or {}).get(site, {}).get(k, "") for k in extra]
         lines.append("\t".join(row))
+        mappings[site] = demo_clinical_mapping(spec)
+    if "clinical" not in cfg:
+        cfg["clinical"] = {"sites": mappings}
     (work / "config" / "sites.tsv").write_text("\n".join(lines) + "\n")
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return work

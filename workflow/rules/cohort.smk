@@ -2,6 +2,8 @@
 
 
 rule synth_site:
+    input:
+        unpack(demo_template_transforms),
     output:
         site_dir=directory(f"{config['demo']['out']}/{{site}}"),
     log:

@@ -13,4 +13,5 @@ if "snakemake" in globals():
         n_subjects=snakemake.params.n_subjects,
         seed=snakemake.params.seed,
         strengths=dict(snakemake.params.strengths),
+        template_transforms=dict(snakemake.input.items()),
     )

@@ -21,7 +21,8 @@ import pandas as pd
 from fedglioma.constants import TASKS
 from fedglioma.errors import InputError
 
-MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate"}
+MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate",
+           "n.d.", "nd", "not done", "not tested"}
 
 #: Built-in spellings per target (lower-case, stripped); sites add their own in config.
 SPELLINGS: dict[str, dict[str, float]] = {
@@ -40,11 +41,13 @@ SPELLINGS: dict[str, dict[str, float]] = {
 }
 
 _ROMAN = {"ii": 2, "iii": 3, "iv": 4}
-_GRADE_RX = re.compile(r"^(?:who\s*(?:cns\s*)?)?(?:grade\s*|g)?(?P<g>ii|iii|iv|[234])(?:\.0)?$")
+_GRADE_RX = re.compile(r"^(?:(?:cns\s*)?who\s*(?:cns\s*)?)?(?:grade\s*|g)?(?P<g>ii|iii|iv|[234])(?:\.0)?$")
+_NUMBER_RX = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*%?$")
 
 
 def parse_grade(value: str) -> float | None:
-    """Parse a WHO grade spelling: ``4``, ``IV``, ``G4``, ``grade 4``, ``WHO grade IV``, ``WHO CNS grade 4``.
+    """Parse a WHO grade spelling: ``4``, ``IV``, ``G4``, ``grade 4``, ``WHO grade IV``, ``WHO CNS grade 4``,
+    ``CNS WHO grade 4`` (WHO CNS 2021).
 
     Returns 2.0/3.0/4.0, NaN for a missing spelling, or None when unknown.
     """
@@ -67,6 +70,8 @@ class ClinicalMapping:
         default_factory=lambda: {"idh": "IDH", "codeletion": "1p19q", "mgmt": "MGMT", "grade": "grade"}
     )
     values: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Binary target -> cut-off for a numeric column (e.g. MGMT methylation %): >= cut-off is 1, below is 0.
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, clinical_cfg: Mapping[str, Any] | None, site: str) -> ClinicalMapping:
@@ -79,6 +84,7 @@ class ClinicalMapping:
             merged.columns.update(part.get("columns") or {})
             for task, extra in (part.get("values") or {}).items():
                 merged.values.setdefault(task, {}).update(extra)
+            merged.thresholds.update({k: float(v) for k, v in (part.get("thresholds") or {}).items()})
         return merged
 
 
@@ -95,6 +101,8 @@ def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
         return float("nan")
     if task == "grade":
         return parse_grade(text)
+    if task in mapping.thresholds and _NUMBER_RX.match(low):
+        return 1.0 if float(low.rstrip("%").strip()) >= mapping.thresholds[task] else 0.0
     return SPELLINGS[task].get(low)
 
 

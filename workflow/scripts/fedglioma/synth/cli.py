@@ -21,6 +21,17 @@ def parse_strengths(items: list[str] | None) -> dict[str, float]:
     return out
 
 
+def parse_transforms(items: list[str] | None) -> dict[str, str]:
+    """``["SRI24=results/templates/SRI24_to_MNI152", ...]`` -> ``{"SRI24": ...}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"--template-transform expects SPACE=PATH, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=2025, help="generator seed (same seed, byte-identical files)")
@@ -29,6 +40,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="phenotype strength in [0, 1] (idh, codeletion, grade, mgmt, mass_effect); repeatable",
+    )
+    p.add_argument(
+        "--template-transform",
+        action="append",
+        metavar="SPACE=PATH",
+        help="template-to-template transform of a site space, e.g. SRI24=results/templates/SRI24_to_MNI152 "
+        "(the template_transform rule's folder or its transform.mat; needed for SRI24 sites)",
     )
 
 
@@ -42,6 +60,7 @@ def _run_cohort(args: argparse.Namespace) -> int:
         args.seed,
         parse_strengths(args.strength),
         external_subjects=args.external_subjects,
+        template_transforms=parse_transforms(args.template_transform),
     )
     return 0
 
@@ -50,7 +69,13 @@ def _run_site(args: argparse.Namespace) -> int:
     from fedglioma.synth.cohort import generate_demo_site
 
     generate_demo_site(
-        args.out, args.site_index, args.n_sites, args.subjects, args.seed, parse_strengths(args.strength)
+        args.out,
+        args.site_index,
+        args.n_sites,
+        args.subjects,
+        args.seed,
+        parse_strengths(args.strength),
+        template_transforms=parse_transforms(args.template_transform),
     )
     return 0
 
@@ -59,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``synth`` and ``synth-site`` to the ``fedglioma`` command line."""
     p = subparsers.add_parser(
         "synth",
-        help="generate the synthetic demo cohort (BraTS 2021 layout, one folder per site)",
+        help="generate the synthetic demo cohort (one folder per site, each in its dataset's layout)",
         description="Generate a synthetic multi-site glioma cohort into OUT/<site> (SiteA.., External). "
         "Synthetic data: for exercising the pipeline, not for clinical conclusions.",
     )

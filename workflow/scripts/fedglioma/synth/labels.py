@@ -27,8 +27,7 @@ DEFAULT_PREVALENCE: dict[str, float] = {
     "methylated_if_wildtype": 0.40,  # P(MGMT methylated | IDH wildtype)
 }
 
-#: Clinical-table columns, in file order, and the label each holds.
-CLINICAL_COLUMNS: tuple[str, ...] = ("subject", "IDH", "1p19q", "MGMT", "grade")
+#: The labels a clinical table records (``fedglioma.synth.clinical`` names their columns per dataset).
 LABEL_COLUMNS: tuple[str, ...] = ("IDH", "1p19q", "MGMT", "grade")
 
 _ROMAN = {2: "II", 3: "III", 4: "IV"}
@@ -39,6 +38,7 @@ GRADE_STYLES: dict[str, str] = {
     "who": "WHO grade 4",
     "who_roman": "WHO grade IV",
     "g": "G4",
+    "cns_who": "CNS WHO grade 4",
 }
 
 
@@ -125,29 +125,6 @@ def format_grade(grade: int, style: str) -> str:
         return f"WHO grade {_ROMAN[grade]}"
     if style == "g":
         return f"G{grade}"
+    if style == "cns_who":
+        return f"CNS WHO grade {grade}"
     raise ConfigError(f"unknown grade style {style!r}; known: {sorted(GRADE_STYLES)}")
-
-
-def clinical_row(
-    labels: Labels,
-    *,
-    grade_style: str,
-    missing_labels: tuple[str, ...] = (),
-    missing: Mapping[str, bool] | None = None,
-) -> dict[str, str]:
-    """The clinical-table cells (IDH, 1p19q, MGMT, grade) of ``labels``; an empty string is a missing value.
-
-    ``missing_labels`` are columns the site never records; ``missing`` marks
-    individual cells lost at random. 1p19q is empty for IDH-wildtype tumours.
-    """
-    missing = missing or {}
-    row = {
-        "IDH": "mutant" if labels.idh else "wildtype",
-        "1p19q": "" if labels.codeletion is None else ("codeleted" if labels.codeletion else "intact"),
-        "MGMT": "methylated" if labels.mgmt else "unmethylated",
-        "grade": format_grade(labels.grade, grade_style),
-    }
-    for col in LABEL_COLUMNS:
-        if col in missing_labels or missing.get(col, False):
-            row[col] = ""
-    return row
