@@ -42,7 +42,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     cfg["demo"].update(subjects_per_site=1, external_subjects=1)
     work = write_tiny(tmp_path_factory.mktemp("kinds"), cfg, sites=SITES)
     specs = default_site_specs(len(SITES), cfg["demo"]["seed"])
-    subjects = {site: site_subject_ids(spec, i, 1)[0] for i, ((site, _), spec) in enumerate(zip(SITES, specs))}
+    subjects = {site: site_subject_ids(spec, i, 1)[0] for i, ((site, _), spec) in enumerate(zip(SITES, specs, strict=True))}
     targets = []
     for site, sub in subjects.items():
         targets += [f"results/sites/{site}/prep/sub-{sub}_train.npz", f"results/sites/{site}/qc/site_qc.tsv"]
