@@ -13,6 +13,7 @@ import numpy as np
 
 from fedglioma.constants import ID_PATTERN, MODALITIES
 from fedglioma.errors import ConfigError
+from fedglioma.io.layouts import DEFAULT_TUMOUR_LABELS
 from fedglioma.synth.labels import GRADE_STYLES, LABEL_COLUMNS, check_prevalence
 
 #: Output layouts the generator writes (the readers of ``fedglioma.io.layouts`` find them).
@@ -27,14 +28,6 @@ ID_STYLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "upenn_gbm": ("UPENN-GBM-{n:05d}_11", ("upenn_gbm", "egd")),
     "egd": ("EGD-{n:04d}", ("upenn_gbm", "egd")),
     "hospital": ("HOSP-{n:05d}", ("upenn_gbm", "egd")),
-}
-#: Whole-tumour label values written by each layout (``tumour_labels`` of its sites.tsv row).
-TUMOUR_LABELS: dict[str, tuple[int, ...]] = {
-    "brats2021": (1, 2, 4),
-    "brats2023": (1, 2, 3),
-    "ucsf_pdgm": (1, 2, 4),
-    "upenn_gbm": (1, 2, 4),
-    "egd": (1,),
 }
 #: Most subjects per site: subject numbers are ``(site_index + 1) * 1000 + i + 1``.
 MAX_SUBJECTS = 1000
@@ -415,7 +408,7 @@ def demo_site_row(spec: SiteSpec, site: str, out: str) -> dict[str, str]:
         "layout": spec.layout,
         "path": f"{out}/{site}",
         "clinical": f"{out}/{site}/{STYLES[spec.clinical_style].filename}",
-        "tumour_labels": ",".join(str(v) for v in TUMOUR_LABELS[spec.layout]),
+        "tumour_labels": ",".join(str(v) for v in DEFAULT_TUMOUR_LABELS[spec.layout]),
         "skull_stripped": "yes" if spec.skull_stripped else "no",
         "coregistered": "yes" if preprocessed and not spec.modality_grids and not spec.sequence_motion else "no",
         "space": spec.space,
