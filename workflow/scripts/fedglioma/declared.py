@@ -64,12 +64,12 @@ def template_grid_problem(img: nib.Nifti1Image, space: str) -> str | None:
     (BraTS files store SRI24 in LPS order, the packaged atlas in LAS: the same box in physical space).
     """
     import numpy as np
+    from nibabel.affines import voxel_sizes
 
     from fedglioma.preprocess.templates import native_template_grid
 
     shape, affine = native_template_grid(space)
-    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-    tz = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms, tz = voxel_sizes(img.affine), voxel_sizes(affine)
     if sorted(np.round(zooms, 2)) != sorted(np.round(tz, 2)) or sorted(img.shape[:3]) != sorted(shape):
         return (f"grid {tuple(int(n) for n in img.shape[:3])} at {tuple(round(float(z), 2) for z in zooms)} mm "
                 f"is not the {space} grid {tuple(shape)} at {tuple(round(float(z), 2) for z in tz)} mm")
@@ -90,15 +90,16 @@ def _box(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.nda
     return world.min(axis=0), world.max(axis=0)
 
 
-def foreground_ml(data: np.ndarray, zooms: tuple[float, ...]) -> float:
-    """Volume (ml) of the voxels that differ from the image's background (the mode of its border voxels)."""
+def foreground_ml(img: nib.Nifti1Image) -> float:
+    """Volume (ml) of the voxels that differ from the image's background: what a skull-stripped site's brain
+    mask is made of (:func:`fedglioma.preprocess.skullstrip.differs_from_background`)."""
     import numpy as np
+    from nibabel.affines import voxel_sizes
 
-    from fedglioma.preprocess.skullstrip import border_mode
+    from fedglioma.preprocess.skullstrip import differs_from_background
 
-    bg, _ = border_mode(data)
-    rng = float(data.max() - data.min()) or 1.0
-    return float((np.abs(data - bg) > 1e-3 * rng).sum() * np.prod(zooms) / 1000.0)
+    inside = differs_from_background(np.asarray(img.dataobj, dtype=np.float32))
+    return float(inside.sum() * np.prod(voxel_sizes(img.affine)) / 1000.0)
 
 
 def check_declared(images: Mapping[str, nib.Nifti1Image], declared: Declared, *, site: str, subject: str,
@@ -109,8 +110,6 @@ def check_declared(images: Mapping[str, nib.Nifti1Image], declared: Declared, *,
     - ``skull_stripped``: the reference sequence's foreground (everything not background) is at most
       :data:`MAX_STRIPPED_ML` ml; a head with skull is larger.
     """
-    import numpy as np
-
     notes: list[str] = []
     if declared.in_template:
         for mod, img in images.items():
@@ -121,9 +120,7 @@ def check_declared(images: Mapping[str, nib.Nifti1Image], declared: Declared, *,
                                  f"images as resampled to {declared.space})")
         notes.append(f"every sequence is on the {declared.space} grid")
     if declared.skull_stripped:
-        img = images[reference]
-        zooms = tuple(float(z) for z in np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)))
-        ml = foreground_ml(np.asarray(img.dataobj, dtype=np.float32), zooms)
+        ml = foreground_ml(images[reference])
         if ml > MAX_STRIPPED_ML:
             raise InputError(f"declared skull-stripped, but the {reference} foreground is {ml:.0f} ml (a brain is at "
                              f"most ~{MAX_STRIPPED_ML:.0f} ml): a skull seems present", site=site, subject=subject,

@@ -149,18 +149,19 @@ def register_atlas(
                 rel = rel_to_subject(out_dir, "xfm", mat.name)
                 record.update(identity=False, template_transform=f"{space}_to_{name}", forward=[rel], inverse=[rel],
                               whichtoinvert=[True])
+            def to_template(img: nib.Nifti1Image, interpolator: str) -> ants.ANTsImage:
+                """``img`` on the template grid through ``fwd``, or by its header when there is no transform."""
+                if fwd:
+                    return ants.apply_transforms(fixed, to_ants(img), fwd, interpolator=interpolator)
+                return ants.resample_image_to_target(to_ants(img), fixed, interp_type=interpolator)
+
             ref_hdr = nib.Nifti1Image(np.zeros(tpl.image.shape, np.float32), tpl.image.affine)
             for m in MODALITIES:
-                moving = to_ants(sub.images[m])
-                out = (ants.apply_transforms(fixed, moving, fwd, interpolator=p["interpolator"]) if fwd
-                       else ants.resample_image_to_target(moving, fixed, interp_type=p["interpolator"]))
-                sub.images[m] = from_ants(out, like_img=ref_hdr)
+                sub.images[m] = from_ants(to_template(sub.images[m], p["interpolator"]), like_img=ref_hdr)
             for attr in ("brain", "tumour"):
                 mask = getattr(sub, attr)
                 if mask is not None:
-                    mov = to_ants(mask)
-                    out = (ants.apply_transforms(fixed, mov, fwd, interpolator="genericLabel") if fwd
-                           else ants.resample_image_to_target(mov, fixed, interp_type="genericLabel"))
+                    out = to_template(mask, "genericLabel")
                     setattr(sub, attr, nib.Nifti1Image((out.numpy() > 0.5).astype(np.uint8), tpl.image.affine))
             sub.state.transforms["atlas"] = record
         if space == "native":

@@ -149,6 +149,14 @@ def border_mode(data: np.ndarray) -> tuple[float, float]:
     return float(values[i]), float(counts[i]) / faces.size
 
 
+def differs_from_background(data: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """Voxels whose value differs from the background (the mode of the border voxels, see :func:`border_mode`)
+    by more than ``tolerance`` times the image's range."""
+    bg, _ = border_mode(data)
+    rng = float(data.max() - data.min())
+    return np.asarray(np.abs(data - bg) > tolerance * rng)
+
+
 def foreground_mask(
     images: list[np.ndarray],
     *,
@@ -167,7 +175,7 @@ def foreground_mask(
     """
     mask = np.zeros(images[0].shape, dtype=bool)
     for data in images:
-        bg, frac = border_mode(data)
+        _, frac = border_mode(data)
         if frac < min_border_fraction:
             raise InputError(
                 f"declared skull-stripped, but only {100 * frac:.0f}% of the border voxels share one background value",
@@ -176,8 +184,7 @@ def foreground_mask(
                 file=file,
                 fix="set skull_stripped to no for this site in sites.tsv, or brain-extract the images",
             )
-        rng = float(data.max() - data.min())
-        mask |= np.abs(data - bg) > tolerance * rng
+        mask |= differs_from_background(data, tolerance)
     return fill_and_keep_largest(mask)
 
 

@@ -211,7 +211,11 @@ def space_from_mni(space: str, transforms: Mapping[str, TemplateTransform] | Non
         return m
     p = Path(given)
     # fixed = MNI152 (target), moving = the space (source): ITK maps MNI points to the space's points
-    return read_ants_affine(p / "transform.mat" if p.is_dir() else p)
+    if p.is_dir():
+        from fedglioma.preprocess.templates import template_transform_file
+
+        p = template_transform_file(p)
+    return read_ants_affine(p)
 
 
 @functools.lru_cache(maxsize=2)
