@@ -19,8 +19,9 @@ the shipped ``config/config.yaml`` preprocessing, with real HD-BET skull strippi
 - a template-space brain mask that overlaps the template's brain mask: Dice >= 0.85 (0.916 / 0.936);
 - the lesion kept inside the brain at every step (1.0 / 0.945, brain2's lesion reaches the brain surface)
   and on its side of the head (left) as in the source scan, down to the training file;
-- state.json recording every step, and a QC row with every metric (its flags are reported, not asserted:
-  both exams are flagged for template similarity 0.18 / 0.22 < 0.5, brain2 also for 94.5% tumour in brain).
+- state.json recording every step, and a QC row with every measure that PASSES the shipped QC thresholds
+  (no flag; docs/preprocessing.md "QC calibration"), while the same exam with its template-space images shifted
+  by 15 mm or rotated by 20 degrees, or with half its brain mask, is flagged (computed in memory from the run).
 
 Needs the real data (``make setup-realdata``, part of ``make test``). Without them the tests skip, except
 with FEDGLIOMA_REQUIRE_REALDATA=1 or CI=true, where they fail. FEDGLIOMA_REALDATA_KEEP=<folder> runs in
@@ -326,15 +327,83 @@ def test_tumour_kept_in_brain_and_side(sub: Sub) -> None:
                        grid_tumour_ml=round(float(npz["tumour"].sum()) * float(np.prod(grid["grid_spacing"])) / 1000, 2))
 
 
-def test_qc_row_has_every_metric(sub: Sub) -> None:
-    """QC runs and reports every metric; whether it flags this real exam is recorded, not asserted."""
+QC_KEYS = ("brain_volume_ml", "template_dice", "ventricle_contrast", "template_ncc", "snr", "tumour_in_brain",
+           "sequence_contrast", "sequence_pair", "contrast_scores", "flagged", "reasons")
+
+
+def test_qc_passes_the_real_exam(sub: Sub) -> None:
+    """QC runs, reports every measure, and does not flag the correctly processed real exam."""
     row = json.loads((sub.run.work / QC / f"sub-{sub.subject}_qc.json").read_text())
-    for key in ("brain_volume_ml", "similarity", "snr", "tumour_in_brain", "flagged", "reasons"):
+    for key in QC_KEYS:
         assert key in row, key
-    for key in ("brain_volume_ml", "similarity", "snr", "tumour_in_brain"):
+    for key in ("brain_volume_ml", "template_dice", "ventricle_contrast", "template_ncc", "snr", "tumour_in_brain",
+                "sequence_contrast"):
         assert isinstance(row[key], int | float), (key, row[key])
     assert (sub.run.work / QC / f"sub-{sub.subject}_qc.png").is_file()
-    sub.numbers["qc"] = {k: row[k] for k in ("brain_volume_ml", "similarity", "snr", "tumour_in_brain", "flagged", "reasons")}
+    sub.numbers["qc"] = {k: row[k] for k in QC_KEYS}
+    assert not row["flagged"], row["reasons"]
+
+
+def _qc_inputs(sub: Sub) -> tuple[Any, Any, Any, Any, dict[str, np.ndarray] | None]:
+    """What the qc step reads: skull-strip and final step, raw T1c, template and its tissue maps."""
+    import importlib
+
+    from fedglioma.preprocess.templates import load_template
+
+    qc_mod = importlib.import_module("fedglioma.preprocess.qc")
+    measures = importlib.import_module("fedglioma.preprocess.qc_measures")
+    ids = {"site": SITE, "subject": sub.subject}
+    final = qc_mod.read_qc_step(sub.step("normalise"), **ids)
+    stripped = qc_mod.read_qc_step(sub.step("skullstrip"), **ids)
+    raw = nib.load(sub.step("coregister") / f"sub-{sub.subject}_T1c.nii.gz")
+    p = next(s for s in sub.state()["steps"] if s["name"] == "register_atlas")["params"]
+    tpl = load_template(p["template"], resolution_mm=float(p["resolution_mm"]))
+    return stripped, raw, final, tpl, measures.tissue_maps(tpl.name, tpl.image, tpl.mask)
+
+
+def _displaced(final: Any, world: np.ndarray) -> Any:
+    """The final step with its T1c and masks displaced by ``world`` (RAS 4x4): a registration that is off."""
+    from scipy import ndimage
+
+    from fedglioma.preprocess.common import Subject
+
+    def mv(img: nib.Nifti1Image, label: bool) -> nib.Nifti1Image:
+        v = np.linalg.inv(img.affine) @ np.linalg.inv(world) @ img.affine
+        d = ndimage.affine_transform(np.asarray(img.dataobj, np.float32), v[:3, :3], v[:3, 3], order=0 if label else 1)
+        return nib.Nifti1Image((d > 0.5).astype(np.uint8) if label else d.astype(np.float32), img.affine)
+
+    return Subject(images={**final.images, "T1c": mv(final.images["T1c"], False)},
+                   tumour=None if final.tumour is None else mv(final.tumour, True), brain=mv(final.brain, True),
+                   state=final.state)
+
+
+def test_qc_flags_the_broken_real_exam(sub: Sub) -> None:
+    """The real exam made wrong in memory: registration 15 mm or 20 degrees off, half the brain mask."""
+    import importlib
+
+    from fedglioma.preprocess.common import Subject
+
+    qc_mod = importlib.import_module("fedglioma.preprocess.qc")
+    stripped, raw, final, tpl, tissue = _qc_inputs(sub)
+    centre = _centroid_world(final.brain)
+    cases = {"shift_15mm_y": realdata.rigid(shift_mm=(0.0, 15.0, 0.0)),
+             "rotation_20deg_x": realdata.rigid((20.0, 0.0, 0.0), centre=centre)}
+    got = {}
+    for name, world in cases.items():
+        row = qc_mod.qc_metrics(stripped, raw, _displaced(final, world), tpl.image, tpl.mask, None, tissue)
+        got[name] = {"ventricle_contrast": row["ventricle_contrast"], "template_dice": row["template_dice"]}
+        assert row["flagged"] and any("registration" in r for r in row["reasons"]), (name, row)
+
+    def half(s: Any) -> Any:
+        b = np.asarray(s.brain.dataobj) > 0
+        b[: int(round(np.argwhere(b)[:, 0].mean()))] = False  # the right half of the brain (RAS x low) is lost
+        return Subject(images=s.images, tumour=s.tumour, brain=nib.Nifti1Image(b.astype(np.uint8), s.brain.affine),
+                       state=s.state)
+
+    row = qc_mod.qc_metrics(half(stripped), raw, half(final), tpl.image, tpl.mask, None, tissue)
+    got["half_brain_mask"] = {"template_dice": row["template_dice"], "brain_volume_ml": row["brain_volume_ml"]}
+    assert row["flagged"] and any("partial brain mask" in r for r in row["reasons"]), row
+    sub.numbers["qc_broken"] = got
 
 
 def test_zz_report_numbers(real_run: RealRun) -> None:

@@ -488,10 +488,11 @@ def test_qc_row_figure_and_site_table(chain, tmp_path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(js.read_text())["subject"] == SUB
     assert 1500 < row["brain_volume_ml"] < 2500
-    assert row["similarity"] > 0.8 and row["tumour_in_brain"] > 0.99 and row["snr"] is None
+    assert row["template_dice"] > 0.9 and row["tumour_in_brain"] > 0.99 and row["snr"] is None
+    assert row["ventricle_contrast"] > 0.95 and row["sequence_contrast"] > 0
     assert not row["flagged"], row["reasons"]
     flagged = qc(chain["subject_dir"], tmp_path / "b.png", tmp_path / "b.json",
-                 thresholds={"brain_ml_max": 1000, "min_similarity": 0.99})
+                 thresholds={"brain_ml_max": 1000, "min_ventricle_contrast": 100})
     assert flagged["flagged"] and len(flagged["reasons"]) == 2
     qc_site([js, tmp_path / "b.json"], tmp_path / "site_qc.tsv")
     lines = (tmp_path / "site_qc.tsv").read_text().splitlines()

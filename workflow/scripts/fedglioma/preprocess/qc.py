@@ -17,27 +17,36 @@ from scipy import ndimage
 
 from fedglioma.atomic import atomic_path, write_json
 from fedglioma.constants import MODALITIES
-from fedglioma.errors import InputError
+from fedglioma.errors import ConfigError, InputError
+from fedglioma.evaluate.metrics import dice
+from fedglioma.preprocess import qc_measures as measures
 from fedglioma.preprocess.common import (
+    REFERENCE,
     STATE_NAME,
     Subject,
+    brain_name,
+    image_name,
+    nib_load_checked,
     read_state,
-    read_step,
     to_ants,
+    tumour_name,
     voxel_volume_ml,
 )
 
 log = logging.getLogger("fedglioma.preprocess.qc")
 
-#: Default QC thresholds (config ``preprocess.qc.thresholds``).
+#: Default QC thresholds (config ``qc.thresholds``; calibration in docs/preprocessing.md).
 THRESHOLDS: dict[str, float] = {
     "brain_ml_min": 900.0,
-    "brain_ml_max": 2000.0,
-    "min_similarity": 0.5,
-    "min_tumour_in_brain": 0.95,
+    "brain_ml_max": 2200.0,
+    "min_template_dice": 0.8,
+    "min_ventricle_contrast": 0.95,
+    "min_tumour_in_brain": 0.9,
     "min_snr": 5.0,
+    "min_sequence_contrast": -0.5,
 }
-COLUMNS = ("site", "subject", "brain_volume_ml", "similarity", "snr", "tumour_in_brain", "skipped", "flagged", "reasons")
+COLUMNS = ("site", "subject", "brain_volume_ml", "template_dice", "ventricle_contrast", "template_ncc", "snr",
+           "tumour_in_brain", "sequence_contrast", "sequence_pair", "skipped", "flagged", "reasons")
 
 
 def find_step_dir(subject_dir: Path, step: str) -> Path | None:
@@ -115,20 +124,50 @@ def qc_metrics(
     template: nib.Nifti1Image | None,
     template_mask: nib.Nifti1Image | None,
     thresholds: dict[str, float] | None = None,
+    tissue: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """QC row: brain volume (mL, native grid), similarity of the template-space T1c to the template
-    (NCC inside the template brain mask), SNR of the T1c before skull stripping, fraction of the
-    tumour inside the brain mask; ``flagged`` with ``reasons``."""
-    th = {**THRESHOLDS, **(thresholds or {})}
-    assert stripped.brain is not None
+    """QC row of one subject; ``flagged`` with ``reasons``.
+
+    ``stripped``: the skull-strip step (native grid), ``final``: the last step (template space), ``raw_t1c``: the
+    T1c before skull stripping (for the SNR), ``template``/``template_mask``: the registration target,
+    ``tissue``: its WM/GM/CSF probability maps (:func:`fedglioma.preprocess.qc_measures.tissue_maps`).
+    Measures: ``brain_volume_ml`` (native brain mask), ``template_dice`` (template-space brain mask vs the
+    template brain mask: partial masks), ``ventricle_contrast`` (template-space T1c: median in the template's
+    grey matter minus median in its ventricles, in IQR units: mis-registration), ``template_ncc`` (T1c vs
+    template T1 inside the template brain; reported, never flagged), ``snr``, ``tumour_in_brain`` (fraction of
+    the tumour inside the native brain mask), ``sequence_contrast`` (lowest tissue-contrast score of the
+    modality pairs, ``sequence_pair`` the pair; negative = swapped sequences) with every pair's score in
+    ``contrast_scores``. A measure that cannot be computed is None and never flags; an empty brain mask flags.
+    """
+    th = check_thresholds(thresholds, site=stripped.state.site, subject=stripped.state.subject)
+    if stripped.brain is None or final.brain is None:
+        raise InputError("no brain mask in the skull-strip or final step", site=stripped.state.site,
+                         subject=stripped.state.subject, fix="run skull stripping before QC")
     brain = np.asarray(stripped.brain.dataobj) > 0
+    fbrain = np.asarray(final.brain.dataobj) > 0
+    ftum = None if final.tumour is None else np.asarray(final.tumour.dataobj) > 0
     row: dict[str, Any] = {"site": stripped.state.site, "subject": stripped.state.subject}
     row["brain_volume_ml"] = round(float(brain.sum()) * voxel_volume_ml(stripped.brain), 1)
-    row["similarity"] = None
+    row["template_dice"] = row["template_ncc"] = None
+    row["ventricle_contrast"] = row["sequence_contrast"] = row["sequence_pair"] = None
+    row["contrast_scores"] = {}
     if template is not None and template_mask is not None:
         t_img, t_msk = _on_grid(template, template_mask, final.reference)
         if t_msk.any():
-            row["similarity"] = round(ncc(np.asarray(final.reference.dataobj), t_img, t_msk), 4)
+            row["template_dice"] = round(dice(fbrain, t_msk), 4)
+            row["template_ncc"] = round(ncc(np.asarray(final.reference.dataobj), t_img, t_msk), 4)
+        if tissue is not None and fbrain.any():
+            grid = final.reference
+            regions = measures.tissue_regions(tissue, t_msk, fbrain, ftum, grid.header.get_zooms()[:3])
+            medians = {m: measures.tissue_contrast(np.asarray(final.images[m].dataobj), regions, fbrain) for m in MODALITIES}
+            t1c = medians[REFERENCE]
+            if t1c is not None:
+                row["ventricle_contrast"] = round(t1c["gm"] - t1c["csf"], 3)
+            scores = measures.contrast_scores(medians)
+            row["contrast_scores"] = {k: round(v, 3) for k, v in scores.items()}
+            if scores:
+                pair = min(scores, key=scores.__getitem__)
+                row["sequence_contrast"], row["sequence_pair"] = round(scores[pair], 3), pair
     row["snr"] = None
     if raw_t1c is not None:
         v = snr(np.asarray(raw_t1c.dataobj), brain)
@@ -139,18 +178,52 @@ def qc_metrics(
         if tum.any():
             row["tumour_in_brain"] = round(float((tum & brain).sum()) / float(tum.sum()), 4)
     reasons = []
+    if not brain.any():
+        reasons.append("empty brain mask")
     if not th["brain_ml_min"] <= row["brain_volume_ml"] <= th["brain_ml_max"]:
         reasons.append(f"brain volume {row['brain_volume_ml']} mL outside [{th['brain_ml_min']:g}, {th['brain_ml_max']:g}]")
-    if row["similarity"] is not None and row["similarity"] < th["min_similarity"]:
-        reasons.append(f"template similarity {row['similarity']} below {th['min_similarity']:g}")
+    if row["template_dice"] is not None and row["template_dice"] < th["min_template_dice"]:
+        reasons.append(f"template-space brain mask overlaps the template brain by Dice {row['template_dice']} "
+                       f"(min {th['min_template_dice']:g}): partial brain mask or registration off")
+    if row["ventricle_contrast"] is not None and row["ventricle_contrast"] < th["min_ventricle_contrast"]:
+        reasons.append(f"{REFERENCE} grey matter vs ventricles contrast {row['ventricle_contrast']} "
+                       f"(min {th['min_ventricle_contrast']:g}): registration to the template off "
+                       f"(or the {REFERENCE} is not T1-weighted)")
     if row["tumour_in_brain"] is not None and row["tumour_in_brain"] < th["min_tumour_in_brain"]:
         reasons.append(f"only {100 * row['tumour_in_brain']:.1f}% of the tumour inside the brain mask "
                        f"(min {100 * th['min_tumour_in_brain']:g}%)")
     if row["snr"] is not None and row["snr"] < th["min_snr"]:
         reasons.append(f"SNR {row['snr']} below {th['min_snr']:g}")
+    if row["sequence_contrast"] is not None and row["sequence_contrast"] < th["min_sequence_contrast"]:
+        a, b = str(row["sequence_pair"]).split(">")
+        reasons.append(f"tissue contrast of {a} vs {b} is {row['sequence_contrast']} (min {th['min_sequence_contrast']:g}): "
+                       f"{a} and {b} look swapped")
     row["flagged"] = bool(reasons)
     row["reasons"] = reasons
     return row
+
+
+def check_thresholds(thresholds: dict[str, float] | None, *, site: str | None = None,
+                     subject: str | None = None) -> dict[str, float]:
+    """:data:`THRESHOLDS` updated with ``thresholds``; an unknown name is a ConfigError."""
+    unknown = sorted(set(thresholds or {}) - set(THRESHOLDS))
+    if unknown:
+        where = ", ".join(f"{k} {v}" for k, v in (("site", site), ("subject", subject)) if v)
+        raise ConfigError(f"unknown QC threshold(s) {unknown}{' (' + where + ')' if where else ''}; "
+                          f"known: {sorted(THRESHOLDS)}")
+    return {**THRESHOLDS, **{k: float(v) for k, v in (thresholds or {}).items()}}
+
+
+def read_qc_step(step_dir: Path, *, site: str, subject: str) -> Subject:
+    """A step folder for QC: like :func:`~fedglioma.preprocess.common.read_step` with the brain mask required,
+    but an empty brain mask is read (QC flags it) instead of raising."""
+    state = read_state(step_dir, site=site, subject=subject)
+    images = {m: nib_load_checked(step_dir / image_name(subject, m), site=site, subject=subject) for m in MODALITIES}
+    tumour = None
+    if state.has_tumour:
+        tumour = nib_load_checked(step_dir / tumour_name(subject), site=site, subject=subject, allow_empty=True)
+    brain = nib_load_checked(step_dir / brain_name(subject), site=site, subject=subject, allow_empty=True)
+    return Subject(images=images, tumour=tumour, brain=brain, state=state)
 
 
 # --------------------------------------------------------------------------- figure
@@ -220,15 +293,15 @@ def qc(
                          subject=subject, file=subject_dir, fix="run the preprocessing steps first")
     state = read_state(final_dir, site=site, subject=subject)
     site, subject = state.site, state.subject
-    final = read_step(final_dir, site=site, subject=subject, need_brain=True)
-    stripped = read_step(strip_dir, site=site, subject=subject, need_brain=True)
+    final = read_qc_step(final_dir, site=site, subject=subject)
+    stripped = read_qc_step(strip_dir, site=site, subject=subject)
     coreg_dir = find_step_dir(subject_dir, "coregister")
     raw_t1c = None
     if coreg_dir is not None:
         from fedglioma.io.nifti import load_nifti
 
         raw_t1c = load_nifti(coreg_dir / f"sub-{subject}_T1c.nii.gz", site=site, subject=subject)
-    template = template_mask = None
+    template = template_mask = tissue = None
     atlas = state.transforms.get("atlas") or {}
     rec = state.step("register_atlas")
     if atlas and rec is not None:
@@ -238,8 +311,10 @@ def qc(
         tpl = load_template(str(atlas["template"]), resolution_mm=float(p.get("resolution_mm", 1.0)),
                             path=p.get("template_path"), mask_path=p.get("template_mask_path"))
         template, template_mask = tpl.image, tpl.mask
-    row = qc_metrics(stripped, raw_t1c, final, template, template_mask, thresholds)
-    row["thresholds"] = {**THRESHOLDS, **(thresholds or {})}
+        if p.get("template_path") is None:
+            tissue = measures.tissue_maps(tpl.name, tpl.image, tpl.mask)
+    row = qc_metrics(stripped, raw_t1c, final, template, template_mask, thresholds, tissue)
+    row["thresholds"] = check_thresholds(thresholds, site=site, subject=subject)
     # steps skipped because of what the site declared (or the config), e.g. "coregister, skullstrip"
     row["skipped"] = ", ".join(str(s["name"]) for s in state.steps if s.get("skipped"))
     qc_figure(final, out_png, title=f"site {site}, subject {subject}" + ("  FLAGGED" if row["flagged"] else ""))
