@@ -64,6 +64,50 @@ class AugmentConfig:
         raise ConfigError(f"train.augment must be true, false or a mapping, got {v!r}")
 
 
+#: Learning-rate schedules accepted in ``train.lr_schedule`` (``fedglioma.train.schedule.lr_for_round``).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class LrScheduleConfig:
+    """Learning rate per federated round (``train.lr_schedule``; a name or a mapping of these keys).
+
+    The rate is fixed within a round (all of its local epochs) and set per round by
+    :func:`fedglioma.train.schedule.lr_for_round`, so every site uses the same rate in the same round.
+
+    Attributes:
+        name: ``constant`` (``train.lr`` in every round: the behaviour without a schedule; the other keys are
+            ignored) or ``cosine`` (after the warm-up, half a cosine from ``train.lr`` down towards
+            ``train.lr * min_lr_ratio`` over the remaining rounds of ``federated.rounds``).
+        warmup_rounds: cosine only: rounds ``1..warmup_rounds`` ramp linearly up to ``train.lr``
+            (``lr * r / (warmup_rounds + 1)``); 0 = no warm-up. Must be below ``federated.rounds``.
+        min_lr_ratio: cosine only: the floor the cosine decays towards, as a fraction of ``train.lr``.
+    """
+
+    name: str = "constant"
+    warmup_rounds: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in LR_SCHEDULES:
+            raise ConfigError(f"train.lr_schedule.name must be one of {list(LR_SCHEDULES)}, got {self.name!r}")
+        if not isinstance(self.warmup_rounds, int) or isinstance(self.warmup_rounds, bool) or self.warmup_rounds < 0:
+            raise ConfigError(f"train.lr_schedule.warmup_rounds must be an integer >= 0, got {self.warmup_rounds!r}")
+        if not 0 <= float(self.min_lr_ratio) <= 1:
+            raise ConfigError(f"train.lr_schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+
+    @classmethod
+    def from_value(cls, v: str | Mapping[str, Any] | None) -> LrScheduleConfig:
+        """From a name (``constant``, ``cosine``), ``null`` (constant) or a mapping."""
+        if v is None:
+            return cls()
+        if isinstance(v, str):
+            return cls(name=v)
+        if isinstance(v, Mapping):
+            return cls(**_from_dict(cls, v, "train.lr_schedule"))
+        raise ConfigError(f"train.lr_schedule must be a name or a mapping, got {v!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Local training settings.
@@ -79,6 +123,7 @@ class TrainConfig:
         task_weights: loss weights of ``seg``, ``idh``, ``codeletion``, ``mgmt``, ``grade``.
         grad_clip: max global gradient norm (0 disables).
         amp: bfloat16 autocast on CUDA (ignored on CPU).
+        lr_schedule: learning rate per federated round (default constant ``lr``).
     """
 
     epochs_per_round: int = 1
@@ -91,6 +136,7 @@ class TrainConfig:
     task_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     grad_clip: float = 12.0
     amp: bool = False
+    lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs_per_round, int) or self.epochs_per_round < 1:
@@ -111,6 +157,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown train.task_weights {unknown}; known: {list(LOSS_TERMS)}")
         object.__setattr__(self, "task_weights", {**DEFAULT_TASK_WEIGHTS, **dict(self.task_weights)})
+        if not isinstance(self.lr_schedule, LrScheduleConfig):
+            object.__setattr__(self, "lr_schedule", LrScheduleConfig.from_value(self.lr_schedule))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
@@ -118,6 +166,8 @@ class TrainConfig:
         d = _from_dict(cls, dict(d or {}), "train")
         if "augment" in d:
             d["augment"] = AugmentConfig.from_value(d["augment"])
+        if "lr_schedule" in d:
+            d["lr_schedule"] = LrScheduleConfig.from_value(d["lr_schedule"])
         if d.get("task_weights") is None:
             d.pop("task_weights", None)
         return cls(**d)
