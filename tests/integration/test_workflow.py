@@ -63,6 +63,15 @@ def test_external_site_outputs(run: Path) -> None:
     t1c = nib.load(found[subject].images["T1c"])
     m = nib.load(masks[0])
     assert m.shape == t1c.shape and np.allclose(m.affine, t1c.affine, atol=1e-4)
+    # Dice/HD95/volumes are measured there, against the site's own segmentation file (not on the network grid)
+    seg = pd.read_csv(ev / "segmentation.tsv", sep="\t", dtype={"subject": str}).set_index("subject")
+    assert {"dice", "hd95", "volume_diff_ml", "dice_grid", "hd95_grid", "volume_diff_ml_grid"} <= set(seg.columns)
+    truth = np.isin(np.asarray(nib.load(found[subject].seg).dataobj), (1, 2, 3, 4))
+    pred = np.asarray(m.dataobj) > 0
+    assert seg.loc[subject, "dice"] == pytest.approx(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    zooms = np.prod(t1c.header.get_zooms()[:3]) / 1000
+    assert seg.loc[subject, "volume_diff_ml"] == pytest.approx((pred.sum() - truth.sum()) * zooms, rel=1e-5)
+    assert "network_grid" in metrics["segmentation"]
 
 
 def test_reports(run: Path, tmp_path: Path) -> None:
@@ -95,19 +104,50 @@ def test_resume_after_deleting_last_round_is_bit_identical(run: Path) -> None:
 
 
 def test_baselines_and_comparison(run: Path) -> None:
-    """Switching the baselines on reuses the preprocessing and adds centralized and local-only models."""
+    """Switching the baselines on reuses the preprocessing and adds centralized and local-only models, trained on
+    exactly the sites' own training splits, checkpointed per round and selected by the federation's rule."""
     cfg = {**TINY_CONFIG, "baselines": {"centralized": True, "local_only": True}}
     write_tiny(run, cfg)
     res = snakemake(run, "--cores", "2")
     assert res.returncode == 0, res.stderr[-6000:]
-    for model in ("centralized", "local-A", "local-B"):
+    fed_n = {s: json.loads((run / f"results/sites/{s}/federated/round-1/update.json").read_text())["n_train"]
+             for s in ("A", "B")}
+    for model, root, sites in (
+        ("centralized", run / "results/baselines/centralized", ("A", "B")),
+        ("local-A", run / "results/sites/A/baselines/local_only", ("A",)),
+        ("local-B", run / "results/sites/B/baselines/local_only", ("B",)),
+    ):
         metrics = json.loads((run / f"results/sites/X/evaluation/{model}/metrics.json").read_text())
         assert metrics["site"] == "X"
-    # the local-only model of site A saw only site A's subjects, the centralized one both sites'
-    meta_a = json.loads((run / "results/sites/A/baselines/local_only/model.json").read_text())
-    meta_c = json.loads((run / "results/baselines/centralized/model.json").read_text())
-    assert 1 <= meta_a["n_train"] < meta_c["n_train"]
+        final = json.loads((root / "final.json").read_text())
+        assert final["round"] in (1, 2) and final["score_metrics"]
+        # the evaluated model is the round that the validation selected, as for the federation
+        chosen = root / f"round-{final['round']}/model.safetensors"
+        assert metrics["model"]["file"].endswith(str(chosen.relative_to(run))) and metrics["model"]["round"] == final["round"]
+        assert metrics["model"]["sha256"] == sha(chosen)
+        meta = json.loads((root / "round-2/model.json").read_text())
+        # the training subjects are exactly the union of the sites' own training splits
+        assert meta["n_train"] == sum(fed_n[s] for s in sites)
+        assert meta["epochs"] == 2 * TINY_CONFIG["train"]["epochs_per_round"]
     table = pd.read_csv(run / "results/sites/X/evaluation/comparison.tsv", sep="\t")
     assert {"federated", "centralized", "local-A", "local-B"} <= {c.split("_")[0] for c in table.columns}
     assert "ratio_federated_centralized" in table.columns
-    assert "centralized" in (run / "results/report/index.html").read_text()
+    assert "auc:codeletion_other" in set(table["key"])
+    html = (run / "results/report/index.html").read_text()
+    assert "centralized" in html and "No comparison given" not in html
+
+
+def test_fedbn_is_not_evaluated_externally(tmp_path: Path) -> None:
+    """With site-local parameters (FedBN) no validated model exists for a site that never trained: the plan has
+    no external evaluation of the federated model (it used to evaluate the round-0 norm parameters)."""
+    cfg = {**TINY_CONFIG, "federated": {**TINY_CONFIG["federated"], "site_local_patterns": ["*.norm*"]},
+           "baselines": {"centralized": True, "local_only": False}}
+    work = write_tiny(tmp_path, cfg)
+    res = snakemake(work, "-n", "--quiet", "rules", "--cores", "1")
+    assert res.returncode == 0, res.stderr[-4000:]
+    plan = res.stdout + res.stderr
+    assert "validate" in plan and "report" in plan
+    res = snakemake(work, "-n", "--cores", "1", "results/report/index.html")
+    jobs = res.stdout
+    assert "results/sites/X/evaluation/centralized/metrics.json" in jobs
+    assert "results/sites/X/evaluation/federated/metrics.json" not in jobs

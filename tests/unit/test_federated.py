@@ -267,20 +267,74 @@ def _validation(folder: Path, site: str, rnd: int, auc: float, n: int, y: list[i
 
 
 def test_select_model_pools_sites(tmp_path: Path) -> None:
+    y = [0, 1, 0, 1, 0, 1]
     paths = [
-        _validation(tmp_path, "A", 1, 0.6, 10, [0, 1], [0.2, 0.8]),
-        _validation(tmp_path, "B", 1, 0.6, 10, [0, 1], [0.2, 0.8]),
-        _validation(tmp_path, "A", 2, 0.9, 10, [0, 1, 0], [0.1, 0.7, 0.3]),
-        _validation(tmp_path, "B", 2, 0.5, 2, [1, 0], [0.6, 0.65]),
+        _validation(tmp_path, "A", 1, 0.6, 6, y, [0.2, 0.3, 0.6, 0.5, 0.4, 0.45]),
+        _validation(tmp_path, "B", 1, 0.6, 6, y, [0.2, 0.8, 0.3, 0.2, 0.9, 0.6]),
+        _validation(tmp_path, "A", 2, 0.9, 6, y, [0.1, 0.7, 0.3, 0.8, 0.2, 0.9]),
+        _validation(tmp_path, "B", 2, 0.5, 6, y, [0.2, 0.6, 0.3, 0.75, 0.4, 0.65]),
     ]
     final = select_model(paths, tmp_path / "final.json", model_template="round-{round}/global.safetensors")
-    assert final["round"] == 2
+    assert final["round"] == 2 and "auc.idh" in final["score_metrics"]
     assert final["model"] == "round-2/global.safetensors"
-    # Pooled: positives 0.7, 0.6; negatives 0.1, 0.3, 0.65 -> best J = 1 - 1/3 at t in (0.3, 0.6]; closest to 0.5.
+    # Pooled round 2: positives 0.6..0.9, negatives 0.1..0.4 -> J = 1 on (0.4, 0.6]; closest to 0.5.
     th = final["thresholds"]["idh"]
-    assert th["n_pos"] == 2 and th["n_neg"] == 3
-    assert th["threshold"] == pytest.approx(0.5) and th["youden"] == pytest.approx(2 / 3)
+    assert th["n_pos"] == 6 and th["n_neg"] == 6
+    assert th["threshold"] == pytest.approx(0.5) and th["youden"] == pytest.approx(1.0)
     assert json.loads((tmp_path / "final.json").read_text())["round"] == 2
+
+
+def test_round_score_is_the_pooled_auc_not_a_mean_of_tiny_site_aucs(tmp_path: Path) -> None:
+    """Each site validates on two subjects (AUC 0 or 1 per site). Round 1 has the higher mean of per-site AUCs
+    (the old score) but ranks the pooled subjects worse; the pooled ROC of the summed counts picks round 2."""
+    from sklearn.metrics import roc_auc_score
+
+    from fedglioma.federated.select import pooled_auc
+
+    y = [0, 1]
+    r1 = {"A": [0.1, 0.2], "B": [0.6, 0.7], "C": [0.35, 0.4], "D": [0.8, 0.3]}  # per-site AUCs 1, 1, 1, 0
+    r2 = {"A": [0.2, 0.7], "B": [0.3, 0.8], "C": [0.4, 0.6], "D": [0.5, 0.45]}  # per-site AUCs 1, 1, 1, 0
+    paths = [_validation(tmp_path, s, 1, 1.0 if s != "D" else 0.0, 2, y, p) for s, p in r1.items()]
+    paths += [_validation(tmp_path, s, 2, 1.0 if s != "D" else 0.0, 2, y, p) for s, p in r2.items()]
+    final = select_model(paths, tmp_path / "final.json")
+    pooled = {r: roc_auc_score(y * 4, sum(d.values(), [])) for r, d in ((1, r1), (2, r2))}
+    assert pooled[2] > pooled[1]
+    assert final["round"] == 2
+    for r in (1, 2):
+        assert final["rounds"][str(r)]["metrics"]["auc.idh"] == pytest.approx(pooled[r])
+    counts = _counts([0, 1, 1, 0, 1], [0.1, 0.3, 0.9, 0.3, 0.5])
+    assert pooled_auc(counts) == pytest.approx(roc_auc_score([0, 1, 1, 0, 1], [0.1, 0.3, 0.9, 0.3, 0.5]))
+
+
+def test_a_marker_with_too_few_of_a_class_stays_out_of_the_score(tmp_path: Path) -> None:
+    from fedglioma.federated.select import MIN_CLASS_COUNT
+
+    y = [0] * 5 + [1] * (MIN_CLASS_COUNT - 1)
+    p = [0.1] * 5 + [0.9] * (MIN_CLASS_COUNT - 1)
+    paths = [_validation(tmp_path, "A", r, 1.0, len(y), y, p) for r in (1, 2)]
+    final = select_model(paths, tmp_path / "final.json")
+    assert final["score_metrics"] == ["dice_mean"]
+    assert final["thresholds"]["idh"]["threshold"] is not None  # thresholds still come from the counts
+
+
+def test_a_task_lacking_a_class_gets_no_threshold_and_says_why(tmp_path: Path) -> None:
+    paths = [_validation(tmp_path, s, 1, 0.5, 3, [1, 1, 1], [0.2, 0.6, 0.9]) for s in ("A", "B")]
+    th = select_model(paths, tmp_path / "final.json")["thresholds"]["idh"]
+    assert th["threshold"] is None and "6 positive and 0 negative" in th["reason"]
+
+
+def test_youden_resolves_saturated_probabilities(tmp_path: Path) -> None:
+    """Positives at 0.9995+, negatives at 0.995-0.999: on a 0.01 grid only 0.99 and 1.0 lie above 0.99, so no
+    threshold separates them (J = 0); the package's grid does (J = 1)."""
+    from fedglioma.federated.select import youden
+    from fedglioma.train.metrics import THRESHOLD_GRID, threshold_counts
+
+    y = [0, 0, 0, 1, 1, 1]
+    p = [0.995, 0.997, 0.999, 0.9995, 0.9998, 0.99995]
+    old_grid = tuple(round(i / 100, 2) for i in range(101))
+    assert youden(threshold_counts(y, p, old_grid), old_grid)["youden"] == pytest.approx(0.0)
+    th = youden(threshold_counts(y, p), THRESHOLD_GRID)
+    assert th["youden"] == pytest.approx(1.0) and 0.999 < th["threshold"] <= 0.9995
 
 
 def test_cli_aggregate(tmp_path: Path, prev_global: Path) -> None:

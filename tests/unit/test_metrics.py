@@ -19,6 +19,7 @@ from fedglioma.evaluate import metrics as M
 from fedglioma.evaluate.compare import compare_models, comparison_table, format_comparison, paired_auc_tests
 from fedglioma.evaluate.site import (
     normalise_thresholds,
+    summarise_segmentation,
     summarise_site,
 )
 
@@ -149,8 +150,21 @@ def test_hd95_empty_masks_are_nan_with_reason() -> None:
         d = M.hd95(pred, truth, (1, 1, 1))
         assert math.isnan(d.value)
         assert d.reason == reason
-    row = M.segmentation_metrics(z, a, (1, 1, 1))
+    row = M.segmentation_metrics(z, a, (1, 1, 1), empty_penalty_mm=None)
     assert math.isnan(row["hd95"]) and row["hd95_reason"] == "predicted mask empty" and row["dice"] == 0.0
+
+
+def test_empty_prediction_gets_the_brats_hd95_penalty_not_dropped() -> None:
+    """A missed tumour counts as the worst case in the HD95 summary (it used to drop out as NaN)."""
+    a = _cube((8, 8, 8), (2, 2, 2), 3)
+    z = np.zeros_like(a)
+    row = M.segmentation_metrics(z, a, (1, 1, 1))
+    assert row["hd95"] == pytest.approx(373.13) and "predicted mask empty" in row["hd95_reason"]
+    assert M.segmentation_metrics(z, z, (1, 1, 1))["hd95"] == 0.0
+    rows = pd.DataFrame([{"subject": "a", **M.segmentation_metrics(a, a, (1, 1, 1))}, {"subject": "b", **row}])
+    summary = summarise_segmentation(rows)
+    assert summary["hd95_mm"]["n"] == 2 and summary["hd95_mm"]["n_undefined"] == 0
+    assert summary["hd95_mm"]["max"] == pytest.approx(373.13)
 
 
 def test_segmentation_input_checks() -> None:
@@ -249,7 +263,7 @@ def test_confusion_counts_match_bruteforce() -> None:
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 50).astype(float)
     p = np.round(rng.random(50), 2)
-    grid = M.default_threshold_grid(0.05)
+    grid = M.threshold_grid(0.05)
     c = M.confusion_counts(y, p, grid)
     for i, t in enumerate(grid):
         pred = p >= t
@@ -265,7 +279,7 @@ def test_choose_threshold_signature_takes_counts_only() -> None:
 
 def test_youden_from_counts_matches_bruteforce_on_training_predictions() -> None:
     rng = np.random.default_rng(5)
-    grid = M.default_threshold_grid(0.01)
+    grid = np.asarray(M.THRESHOLD_GRID)
     # two training sites; the coordinator only ever sees their summed counts
     sites = []
     for _ in range(2):

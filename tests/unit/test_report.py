@@ -208,13 +208,17 @@ def test_report_missing_image_names_it(inputs: dict, tmp_path: Path) -> None:
 def test_headline_table_and_text(inputs: dict) -> None:
     m = inputs["metrics"]
     table = headline_table(m)
-    assert table["Metric"].tolist()[:5] == [
+    assert table["Metric"].tolist()[:6] == [
         "Dice, whole tumour (median)",
         "AUC IDH",
-        "AUC 1p/19q",
+        "AUC 1p/19q (within IDH-mutant)",
+        "AUC 1p/19q (all subjects with a label; secondary)",
         "AUC MGMT",
         "AUC Grade 4 vs 2-3",
     ]
+    primary, secondary = (table.set_index("Metric").loc[k, "n"] for k in (
+        "AUC 1p/19q (within IDH-mutant)", "AUC 1p/19q (all subjects with a label; secondary)"))
+    assert int(primary.split()[0]) < int(secondary.split()[0])  # both shown, each with its own n
     idh = table.set_index("Metric").loc["AUC IDH"]
     assert idh["Estimate"] == f"{m['markers']['idh']['auc']:.3f}"
     assert idh["n"].startswith("27 (")
@@ -300,3 +304,16 @@ def test_report_renders_in_headless_chromium(inputs: dict, tmp_path: Path) -> No
     screenshot is not blank."""
     _build(inputs, tmp_path / "index.html")
     check_page(tmp_path / "index.html", tmp_path)
+
+
+def test_report_says_when_the_federated_model_has_no_external_result(inputs: dict, tmp_path: Path) -> None:
+    """FedBN: the report states why the federation is not evaluated externally instead of showing a model that
+    was never validated; the comparison of the baselines still shows."""
+    from fedglioma.pipeline import FEDBN_NOT_APPLICABLE
+
+    metrics = {"site": "External", "not_applicable": FEDBN_NOT_APPLICABLE}
+    page = _build({**inputs, "metrics": metrics}, tmp_path / "index.html")
+    assert "not applicable" in page and "site_local_patterns" in page
+    assert '<section id="roc">' not in page and '<section id="comparison">' in page
+    text = headline_text(metrics)
+    assert "not applicable" in text and "FedBN" in text

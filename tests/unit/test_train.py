@@ -32,6 +32,8 @@ from fedglioma.train import (
 )
 from fedglioma.train import cli as train_cli
 from fedglioma.train.augment import augment_batch
+from fedglioma.train.data import subject_of
+from fedglioma.train.metrics import THRESHOLD_GRID
 from fedglioma.train.seeding import generator
 from fedglioma.train.testing import make_tiny_site
 
@@ -216,7 +218,7 @@ def test_validate_writes_aggregates_only(site, global0: Path, tmp_path: Path) ->
     text = out.read_text()
     assert not any(f'"{s}"' in text for s in ("000", "001", "002", "003", "004", "005"))
     th = doc["thresholds"]
-    assert len(th["grid"]) == 101 and th["grid"][0] == 0.0 and th["grid"][-1] == 1.0
+    assert th["grid"] == list(THRESHOLD_GRID) and th["grid"][0] == 0.0 and th["grid"][-1] == 1.0
     for task in ("idh", "codeletion", "mgmt", "grade4"):
         c = th["tasks"][task]
         totals = {c["tp"][i] + c["fp"][i] + c["tn"][i] + c["fn"][i] for i in range(101)}
@@ -269,3 +271,59 @@ def test_cli_round_trip(site, tmp_path: Path) -> None:
     val = tmp_path / "val.json"
     args = parser.parse_args(["validate", *common, "--out", str(val), *map(str, files)])
     assert args.func(args) == 0 and json.loads(val.read_text())["site"] == "A"
+
+
+# ------------------------------------------------------------------------------------- baselines (issue 14)
+
+
+def test_pooled_training_set_is_the_union_of_the_sites_own_training_splits(tmp_path: Path) -> None:
+    """Site B has two subjects that both hash into validation at val_fraction 0.9; split on its own it keeps one
+    for training (the fallback), split inside a pool it would not. The pool must be the union of the per-site
+    splits, so no site's validation subject is ever trained on."""
+    from fedglioma.train.baseline import pooled_training_set
+    from fedglioma.train.data import split_subjects
+
+    cfg = TrainConfig(val_fraction=0.9, seed=7)
+    a_files, a_labels = make_tiny_site(tmp_path / "A", n_subjects=6, size=8)
+    b_dir = tmp_path / "B"
+    b_files, b_labels = make_tiny_site(b_dir, n_subjects=2, size=8)
+    renamed = []
+    for f in b_files:  # unique IDs across sites
+        new = f.with_name(f.name.replace("sub-", "sub-b"))
+        f.rename(new)
+        renamed.append(new)
+    b_labels.write_text(b_labels.read_text().replace("\n0", "\nb0"))
+    sites = {"A": (a_files, a_labels), "B": (renamed, b_labels)}
+    pooled = pooled_training_set(sites, cfg, "centralized")
+    expected, held_out = set(), set()
+    for files in (a_files, renamed):
+        subjects = [subject_of(f) for f in files]
+        train, val = split_subjects(subjects, cfg.val_fraction, cfg.seed)
+        expected |= set(train)
+        held_out |= set(val)
+    assert set(pooled.subjects) == expected and not set(pooled.subjects) & held_out
+    all_subjects = [subject_of(f) for f in [*a_files, *renamed]]
+    pooled_split_train, _ = split_subjects(all_subjects, cfg.val_fraction, cfg.seed)
+    assert set(pooled_split_train) != expected  # the old way (split the pool) differs here
+
+
+def test_baseline_is_checkpointed_validated_and_selected_like_the_federation(site, global0: Path, tmp_path: Path) -> None:
+    """Every round of a baseline is validated by the same function as a federated round (the numbers equal
+    validate() on the saved checkpoint) and select_model picks among the rounds."""
+    from fedglioma.federated.select import select_model
+    from fedglioma.train.baseline import train_baseline
+
+    files, labels = site
+    rounds = 2
+    models = [tmp_path / f"round-{r}" / "model.safetensors" for r in range(1, rounds + 1)]
+    vals = {"A": [tmp_path / f"round-{r}" / "validation-A.json" for r in range(1, rounds + 1)]}
+    sides = train_baseline(global0, {"A": (files, labels)}, models, vals, name="A", train_cfg=TRAIN, model_cfg=MODEL)
+    assert [s["round"] for s in sides] == [1, 2] and sides[-1]["epochs"] == rounds * TRAIN.epochs_per_round
+    for r in range(rounds):
+        doc = json.loads(vals["A"][r].read_text())
+        again = validate(models[r], files, labels, tmp_path / f"again-{r}.json", site="A", round=r + 1,
+                         train_cfg=TRAIN, model_cfg=MODEL)
+        assert doc["metrics"] == again["metrics"] and doc["thresholds"] == again["thresholds"]
+        assert doc["n_val"] == again["n_val"] >= 1
+    final = select_model(vals["A"], tmp_path / "final.json", model_template=str(tmp_path / "round-{round}/model.safetensors"))
+    assert final["round"] in (1, 2) and Path(final["model"]) == models[final["round"] - 1]

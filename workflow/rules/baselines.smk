@@ -1,15 +1,17 @@
-# Baselines with the same model, seeds and total epochs (rounds x epochs_per_round) as the
-# federation, evaluated on the same external site: centralized training on the pooled training
-# sites (pools data by design: an upper bound that a real federation cannot run) and local-only
-# training of each site in its own scope.
+# Baselines with the same model, seeds, training subjects and total epochs (rounds x
+# epochs_per_round) as the federation, checkpointed and validated after every round and selected
+# by the same rule (select_model), then evaluated on the same external site: centralized training
+# on the pooled training sites (pools data by design: an upper bound that a real federation
+# cannot run) and local-only training of each site in its own scope.
 
 
 rule centralized_train:
     input:
         unpack(get_centralized_inputs),
     output:
-        model="results/baselines/centralized/model.safetensors",
-        meta="results/baselines/centralized/model.json",
+        models=baseline_round_files("centralized", "model.safetensors"),
+        metas=baseline_round_files("centralized", "model.json"),
+        validation=centralized_validation_files(),
     log:
         "logs/centralized_train/train.log",
     benchmark:
@@ -24,8 +26,9 @@ rule centralized_train:
     params:
         model=config["model"],
         train=config["train"],
-        rounds=ROUNDS,
+        endpoints=config["endpoints"],
         sites=TRAIN_SITES,
+        name="centralized",
     script:
         "../scripts/train_baseline.py"
 
@@ -34,8 +37,9 @@ rule local_only_train:
     input:
         unpack(get_local_only_inputs),
     output:
-        model="results/sites/{site}/baselines/local_only/model.safetensors",
-        meta="results/sites/{site}/baselines/local_only/model.json",
+        models=baseline_round_files("local_only", "model.safetensors"),
+        metas=baseline_round_files("local_only", "model.json"),
+        validation=baseline_round_files("local_only", "validation.json"),
     log:
         "logs/local_only_train/{site}.log",
     benchmark:
@@ -50,41 +54,16 @@ rule local_only_train:
     params:
         model=config["model"],
         train=config["train"],
-        rounds=ROUNDS,
+        endpoints=config["endpoints"],
         sites=get_site_list,
+        name=lambda wildcards: wildcards.site,
     script:
         "../scripts/train_baseline.py"
 
 
-rule baseline_validate:
-    input:
-        unpack(get_baseline_validate_inputs),
-    output:
-        metrics="results/sites/{site}/baselines/{baseline}/validation.json",
-    log:
-        "logs/baseline_validate/{site}/{baseline}.log",
-    wildcard_constraints:
-        baseline="centralized|local_only",
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
-    params:
-        model=config["model"],
-        train=config["train"],
-        federated=config["federated"],
-    script:
-        "../scripts/baseline_validate.py"
-
-
 rule centralized_select:
     input:
-        metrics=expand(
-            "results/sites/{site}/baselines/centralized/validation.json",
-            site=TRAIN_SITES,
-        ),
+        metrics=centralized_validation_files(),
     output:
         final="results/baselines/centralized/final.json",
     log:
@@ -96,14 +75,14 @@ rule centralized_select:
         slurm_partition=coordinator_partition,
         slurm_account=coordinator_account,
     params:
-        model_template="results/baselines/centralized/model.safetensors",
+        model_template=baseline_model_template("centralized"),
     script:
         "../scripts/select_model.py"
 
 
 rule local_only_select:
     input:
-        metrics=["results/sites/{site}/baselines/local_only/validation.json"],
+        metrics=baseline_round_files("local_only", "validation.json"),
     output:
         final="results/sites/{site}/baselines/local_only/final.json",
     log:
@@ -115,7 +94,7 @@ rule local_only_select:
         slurm_partition=site_partition,
         slurm_account=site_account,
     params:
-        model_template=local_only_model,
+        model_template=baseline_model_template("local_only"),
     script:
         "../scripts/select_model.py"
 
@@ -142,5 +121,6 @@ rule compare:
     params:
         models=get_models,
         evaluation=config["evaluation"],
+        endpoints=config["endpoints"],
     script:
         "../scripts/compare.py"

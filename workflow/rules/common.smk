@@ -272,8 +272,10 @@ def get_all_globals(wildcards):
 
 # ---- evaluation and report ------------------------------------------------------------------
 def get_models(wildcards=None):
-    """Models evaluated on the external site: federated, plus the baselines switched on."""
-    models = ["federated"]
+    """Models evaluated on the external site: federated (unless it keeps site-local parameters, FedBN: then
+    no validated model exists for a site that never trained, and the report says so), plus the baselines
+    switched on."""
+    models = [] if config["federated"]["site_local_patterns"] else ["federated"]
     if config["baselines"]["centralized"]:
         models.append("centralized")
     if config["baselines"]["local_only"]:
@@ -290,12 +292,15 @@ def model_files(model):
     if model == "centralized":
         return {
             "final": "results/baselines/centralized/final.json",
-            "globals": ["results/baselines/centralized/model.safetensors"],
+            "globals": baseline_round_files("centralized", "model.safetensors"),
         }
     site = model.removeprefix("local-")
     return {
         "final": f"results/sites/{site}/baselines/local_only/final.json",
-        "globals": [f"results/sites/{site}/baselines/local_only/model.safetensors"],
+        "globals": [
+            f.format(site=site)
+            for f in baseline_round_files("local_only", "model.safetensors")
+        ],
     }
 
 
@@ -389,17 +394,36 @@ def get_site_list(wildcards):
     return [wildcards.site]
 
 
-def local_only_model(wildcards):
-    return f"results/sites/{wildcards.site}/baselines/local_only/model.safetensors"
-
-
-def get_baseline_validate_inputs(wildcards):
-    model = (
-        "results/baselines/centralized/model.safetensors"
-        if wildcards.baseline == "centralized"
-        else local_only_model(wildcards)
+def baseline_round_files(baseline, name):
+    """One file per round of a baseline: ``results/.../{baseline}/round-{r}/{name}`` (local-only in the site's
+    folder, ``{site}`` left as a wildcard)."""
+    root = (
+        "results/baselines/centralized"
+        if baseline == "centralized"
+        else "results/sites/{{site}}/baselines/local_only"
     )
-    return {"model": model, **_site_inputs(wildcards.site)}
+    return expand(f"{root}/round-{{r}}/{name}", r=range(1, ROUNDS + 1))
+
+
+def centralized_validation_files():
+    """The centralized baseline's validation JSON per round and training site (round-major, sites in order)."""
+    return [
+        f"results/baselines/centralized/round-{r}/validation-{s}.json"
+        for r in range(1, ROUNDS + 1)
+        for s in TRAIN_SITES
+    ]
+
+
+def baseline_model_template(baseline):
+    """Path template (``{round}``) of a baseline's checkpoint, for select_model (a function of wildcards)."""
+
+    def template(wildcards):
+        if baseline == "centralized":
+            return "results/baselines/centralized/round-{round}/model.safetensors"
+        site = wildcards.site
+        return f"results/sites/{site}/baselines/local_only/round-{{round}}/model.safetensors"
+
+    return template
 
 
 def get_compare_inputs(wildcards):

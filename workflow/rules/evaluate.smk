@@ -28,6 +28,7 @@ rule evaluate:
     params:
         model=config["model"],
         evaluation=config["evaluation"],
+        endpoints=config["endpoints"],
         subjects=get_evaluation_subjects,
     script:
         "../scripts/evaluate.py"

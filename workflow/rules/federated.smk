@@ -65,6 +65,7 @@ rule local_train:
         model=config["model"],
         train=config["train"],
         federated=config["federated"],
+        endpoints=config["endpoints"],
     script:
         "../scripts/local_train.py"
 
@@ -110,6 +111,7 @@ rule validate:
         model=config["model"],
         train=config["train"],
         federated=config["federated"],
+        endpoints=config["endpoints"],
     script:
         "../scripts/validate.py"
 

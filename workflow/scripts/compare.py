@@ -14,4 +14,5 @@ if "snakemake" in globals():
         out_tsv=snakemake.output.table,
         site=snakemake.wildcards.site,
         evaluation_cfg=dict(snakemake.params.evaluation),
+        endpoints_cfg=dict(snakemake.params.endpoints),
     )

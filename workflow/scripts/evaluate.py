@@ -23,5 +23,6 @@ if "snakemake" in globals():
         out_figures=snakemake.output.figures,
         model_cfg=dict(snakemake.params.model),
         evaluation_cfg=dict(snakemake.params.evaluation),
+        endpoints_cfg=dict(snakemake.params.endpoints),
         threads=snakemake.threads,
     )

@@ -17,5 +17,6 @@ if "snakemake" in globals():
         model_cfg=dict(snakemake.params.model),
         train_cfg=dict(snakemake.params.train),
         federated_cfg=dict(snakemake.params.federated),
+        endpoints_cfg=dict(snakemake.params.endpoints),
         threads=snakemake.threads,
     )

@@ -36,12 +36,12 @@ EXPORT_PATTERNS: tuple[str, ...] = (
     r"evaluation/[^/]+/metrics\.json",
     r"evaluation/[^/]+/figures",
     r"evaluation/comparison\.tsv",
-    r"baselines/local_only/(model\.safetensors|model\.json|final\.json)",
-    r"baselines/(centralized|local_only)/validation\.json",
+    r"baselines/local_only/round-\d+/(model\.safetensors|model\.json|validation\.json)",
+    r"baselines/local_only/final\.json",
 )
 
 #: Rules allowed to read several sites' private data (reported, not failed).
-POOLED_RULES: tuple[str, ...] = ("centralized_train", "centralized_validate")
+POOLED_RULES: tuple[str, ...] = ("centralized_train",)
 
 
 @dataclass(frozen=True)

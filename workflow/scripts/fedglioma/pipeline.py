@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from fedglioma.atomic import write_json
+from fedglioma.atomic import atomic_path, write_json
 from fedglioma.config import SiteRow
 from fedglioma.constants import TASKS
 from fedglioma.errors import ConfigError, InputError
@@ -188,8 +189,9 @@ def read_training_set(path: str, *, site: str) -> list[str]:
 def local_train(global_model: str, local_state: str | None, training_set: str, labels: str,
                 out_update: str, out_sidecar: str, out_local: str, *, site: str, round_: int,
                 model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], federated_cfg: Mapping[str, Any],
-                threads: int = 1) -> None:
+                endpoints_cfg: Mapping[str, Any] | None = None, threads: int = 1) -> None:
     """Rule ``local_train``: one site's local epochs from the previous global model."""
+    from fedglioma.endpoints import Endpoints
     from fedglioma.federated.exchange import sidecar_path
     from fedglioma.train.local import local_train as _train
 
@@ -197,7 +199,7 @@ def local_train(global_model: str, local_state: str | None, training_set: str, l
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     _train(global_model, read_training_set(training_set, site=site), labels, out_update, out_sidecar, site=site,
            round=round_, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
-           local_out=out_local)
+           local_out=out_local, endpoints=Endpoints.from_dict(endpoints_cfg))
 
 
 def aggregate(updates: Sequence[str], previous: str, state: str | None, out_model: str, out_meta: str, out_state: str,
@@ -215,15 +217,17 @@ def aggregate(updates: Sequence[str], previous: str, state: str | None, out_mode
 
 def validate(global_model: str, local_state: str | None, training_set: str, labels: str, out_json: str,
              *, site: str, round_: int, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
-             federated_cfg: Mapping[str, Any], threads: int = 1) -> None:
+             federated_cfg: Mapping[str, Any], endpoints_cfg: Mapping[str, Any] | None = None,
+             threads: int = 1) -> None:
     """Rule ``validate``: the global model of a round on the site's validation split (aggregated metrics)."""
+    from fedglioma.endpoints import Endpoints
     from fedglioma.train.local import validate as _validate
 
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     personal = local_state if f.site_local_patterns else None
     _validate(global_model, read_training_set(training_set, site=site), labels, out_json, site=site,
               round=round_, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
-              site_local_patterns=f.site_local_patterns or None)
+              site_local_patterns=f.site_local_patterns or None, endpoints=Endpoints.from_dict(endpoints_cfg))
 
 
 def select_model(metrics: Sequence[str], out_json: str, model_template: str) -> None:
@@ -287,21 +291,60 @@ def _predict_subjects(model: Any, files: Sequence[str], subjects: Sequence[str],
         yield subject, arrays, seg_prob, probs
 
 
+#: Per-subject segmentation columns on the network grid (secondary to the native-grid ``dice``, ``hd95``, ...).
+GRID_SUFFIX = "_grid"
+
+
+def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, subject_dir: Path, grid: Path,
+                         native_out: Path | None, *, site: str, subject: str) -> dict[str, Any] | None:
+    """One subject's segmentation row, with the predicted mask written on its native grid.
+
+    The primary metrics are measured where the site's reference segmentation lives: the prediction's
+    probability map is mapped back onto the original T1c grid (the inverse of the atlas transform, linear) and
+    thresholded at 0.5 there, then compared with the imported reference mask on that grid (1 mm for the public
+    datasets, as BraTS measures). The network-grid values (both masks resampled to the network grid) follow as
+    ``*_grid`` columns. Returns ``None`` when the subject has no reference mask.
+    """
+    from fedglioma.evaluate.metrics import segmentation_metrics
+    from fedglioma.preprocess.grid import native_image, native_reference_mask
+
+    prob = native_image(seg_prob, subject_dir, grid, is_label=False)
+    pred = np.asarray(prob.dataobj) >= 0.5
+    if native_out is not None:
+        mask = nib.Nifti1Image(pred.astype(np.uint8), prob.affine, prob.header)
+        mask.set_data_dtype(np.uint8)
+        with atomic_path(native_out) as tmp:
+            nib.save(mask, str(tmp))
+    truth = native_reference_mask(subject_dir, site=site, subject=subject)
+    if truth is None or truth_grid is None:
+        return None
+    if truth.shape != pred.shape:
+        raise InputError(f"reference mask {truth.shape} and native prediction {pred.shape} differ in shape",
+                         site=site, subject=subject, file=subject_dir, fix="rerun the preprocessing of the subject")
+    spacing = tuple(float(v) for v in prob.header.get_zooms()[:3])
+    row = {"subject": subject, **segmentation_metrics(pred, truth, spacing)}
+    grid_spacing = tuple(float(v) for v in read_json(grid)["grid_spacing"])
+    on_grid = segmentation_metrics(seg_prob >= 0.5, truth_grid, grid_spacing)
+    row.update({f"{k}{GRID_SUFFIX}": on_grid[k] for k in ("dice", "hd95", "volume_diff_ml")})
+    return row
+
+
 def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Sequence[str], steps: Sequence[str],
              labels: str, subjects: Sequence[str], *, site: str, model_name: str, out_predictions: str,
              out_segmentation: str, out_masks: str, out_metrics: str, out_figures: str,
-             model_cfg: Mapping[str, Any], evaluation_cfg: Mapping[str, Any], threads: int = 1) -> None:
+             model_cfg: Mapping[str, Any], evaluation_cfg: Mapping[str, Any],
+             endpoints_cfg: Mapping[str, Any] | None = None, threads: int = 1) -> None:
     """Rule ``evaluate``: a model on the external site, inside that site's scope.
 
     Per-subject outputs (probabilities, segmentation metrics, native-space masks) stay in the
-    site's folder; ``metrics.json`` and the figures hold only site-aggregated results.
+    site's folder; ``metrics.json`` and the figures hold only site-aggregated results. Segmentation is measured
+    on each subject's native T1c grid (:func:`subject_segmentation`).
     """
-    from fedglioma.atomic import atomic_dir, atomic_path
+    from fedglioma.atomic import atomic_dir
+    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.figures import overlay_figure, pick_best_median_worst, write_site_figures
-    from fedglioma.evaluate.metrics import segmentation_metrics
     from fedglioma.evaluate.site import summarise_site
     from fedglioma.io.clinical import read_labels
-    from fedglioma.preprocess.grid import to_native
     from fedglioma.train.local import load_model
 
     model_path, final_doc = resolve_model(final, models)
@@ -316,17 +359,14 @@ def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Seq
             pred_rows.append({"subject": subject, "p_idh": probs["idh"], "p_codeletion": probs["codeletion"],
                               "p_mgmt": probs["mgmt"], "p_grade2": grade[0], "p_grade3": grade[1],
                               "p_grade4": grade[2]})
-            pred = (seg_prob >= 0.5).astype(np.uint8)
-            subject_dir = Path(step).parent
             native_path = mask_tmp / f"sub-{subject}_desc-tumour_pred.nii.gz"
-            if evaluation_cfg.get("native_masks", True):
-                to_native(pred, subject_dir, Path(grid), native_path, is_label=True)
-            if "tumour" in arrays:
-                truth = arrays["tumour"].astype(bool)
-                spacing = tuple(float(v) for v in read_json(grid)["grid_spacing"])
-                row = {"subject": subject, **segmentation_metrics(pred.astype(bool), truth, spacing)}
+            truth_grid = arrays["tumour"].astype(bool) if "tumour" in arrays else None
+            row = subject_segmentation(seg_prob, truth_grid, Path(step).parent, Path(grid),
+                                       native_path if evaluation_cfg.get("native_masks", True) else None,
+                                       site=site, subject=subject)
+            if row is not None:
                 seg_rows.append(row)
-                keep[subject] = (arrays["image"], truth, pred)
+                keep[subject] = (arrays["image"], truth_grid, seg_prob >= 0.5)
     predictions = pd.DataFrame(pred_rows)
     seg = pd.DataFrame(seg_rows) if seg_rows else None
     with atomic_path(out_predictions) as tmp:
@@ -335,7 +375,8 @@ def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Seq
         (seg if seg is not None else pd.DataFrame(columns=["subject", "dice", "hd95", "volume_diff_ml"])).to_csv(
             tmp, sep="\t", index=False, na_rep="")
     summary = summarise_site(predictions, read_labels(labels), seg, final_doc.get("thresholds"),
-                             n_boot=int(evaluation_cfg["n_bootstrap"]), seed=int(evaluation_cfg["seed"]), site=site)
+                             n_boot=int(evaluation_cfg["n_bootstrap"]), seed=int(evaluation_cfg["seed"]), site=site,
+                             endpoints=Endpoints.from_dict(endpoints_cfg))
     summary["model"] = {"name": model_name, "round": final_doc.get("round"),
                         "sha256": _sha256(model_path), "file": str(model_path)}
     with atomic_dir(out_figures) as fig_tmp:
@@ -357,8 +398,9 @@ def _sha256(path: str | Path) -> str:
 
 
 def compare(metrics: Sequence[str], predictions: Sequence[str], models: Sequence[str], labels: str, out_tsv: str, *,
-            site: str, evaluation_cfg: Mapping[str, Any]) -> None:
+            site: str, evaluation_cfg: Mapping[str, Any], endpoints_cfg: Mapping[str, Any] | None = None) -> None:
     """Rule ``compare`` (external site scope): federated vs centralized vs local-only, paired bootstrap."""
+    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.compare import compare_models
     from fedglioma.io.clinical import read_labels
 
@@ -370,10 +412,19 @@ def compare(metrics: Sequence[str], predictions: Sequence[str], models: Sequence
         seed=int(evaluation_cfg["seed"]),
         out_tsv=out_tsv,
         site=site,
+        endpoints=Endpoints.from_dict(endpoints_cfg),
     )
 
 
 # ---- report -----------------------------------------------------------------------------------
+#: Why the federated model is not evaluated on the external site under FedBN (``federated.site_local_patterns``).
+FEDBN_NOT_APPLICABLE = (
+    "federated.site_local_patterns keeps parameters (e.g. the normalisation layers, FedBN) at each training site: "
+    "model selection and the thresholds were made on the sites' personalised models, and a site that never "
+    "trained has no such parameters, so no validated model exists for it (the global file holds the round-0 "
+    "values of those parameters). Set site_local_patterns: [] to evaluate the federation externally."
+)
+
 def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
     """Config, package versions, git commit and the final model's checksum."""
     import importlib.metadata as md
@@ -426,16 +477,17 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
     from fedglioma.report.html import build_report
 
     metrics = {m: read_json(p) for m, p in zip(models, inputs["metrics"], strict=True)}
-    fed = metrics["federated"]
+    fed = metrics.get("federated") or {"site": external, "not_applicable": FEDBN_NOT_APPLICABLE,
+                                       "model": {"name": "federated"}}
     qc = [read_json(p) for p in inputs["qc"]]
     exclusions = pd.DataFrame(
         [{"site": q["site"], "subject": e["subject"], "reason": e["reasons"]} for q in qc for e in q["exclusions"]],
         columns=["site", "subject", "reason"],
     )
     figures: dict[str, Path] = {}
-    fed_dir = Path(inputs["figures"][list(models).index("federated")])
-    for png in sorted(fed_dir.glob("*.png")):
-        figures[png.stem] = png
+    if "federated" in models:
+        for png in sorted(Path(inputs["figures"][list(models).index("federated")]).glob("*.png")):
+            figures[png.stem] = png
     for site, png in zip(sites, inputs.get("demo_examples") or [], strict=False):
         figures[f"synthetic subject, site {site}"] = Path(png)
     comparison = None
@@ -456,38 +508,28 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
 
 
 # ---- baselines --------------------------------------------------------------------------------
-def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Mapping[str, str], out_model: str,
-                   out_meta: str, *, rounds: int, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
-                   threads: int = 1) -> None:
-    """Rules ``centralized_train`` / ``local_only_train``: one model on one or several pooled sites.
+def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Mapping[str, str],
+                   out_models: Sequence[str], out_validation: Sequence[str], *, name: str,
+                   model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
+                   endpoints_cfg: Mapping[str, Any] | None = None, threads: int = 1) -> None:
+    """Rules ``centralized_train`` / ``local_only_train``: one model on one or several pooled sites, trained,
+    checkpointed and validated round by round (:func:`fedglioma.train.baseline.train_baseline`).
 
     ``training_sets`` (:func:`training_set` manifests) and ``labels`` are keyed by site (one site for
-    local-only). Same model, seed and initialisation as the federation, and the same total number of epochs
-    (``rounds * epochs_per_round``); each site's validation subjects are held out exactly as in federated
-    training (the split hashes subject IDs).
+    local-only). ``out_models`` has one checkpoint per round; ``out_validation`` one validation JSON per round
+    and site, round-major (round 1 of every site, then round 2, ...), in the order of ``training_sets``.
     """
-    import tempfile
+    from fedglioma.endpoints import Endpoints
+    from fedglioma.train.baseline import train_baseline as _train
 
-    from fedglioma.federated.exchange import sidecar_path
-    from fedglioma.io.clinical import read_labels, write_labels
-    from fedglioma.train.data import subject_of
-    from fedglioma.train.local import local_train as _train
-
-    assert sidecar_path(out_model) == Path(out_meta)
     sites = list(training_sets)
     if set(labels) != set(sites):
         raise ConfigError(f"baseline inputs name different sites: training sets {sites}, labels {sorted(labels)}")
-    kept = [f for site in sites for f in read_training_set(training_sets[site], site=site)]
-    pooled = pd.concat([read_labels(labels[s]) for s in sites], ignore_index=True)
-    dup = pooled["subject"][pooled["subject"].duplicated()].tolist()
-    if dup or len({subject_of(f) for f in kept}) != len(kept):
-        raise InputError(f"subject IDs {dup} occur at several sites; a pooled baseline needs unique IDs",
-                         fix="prefix the subject IDs with the site, or switch baselines.centralized off")
-    m, t, f = _configs(model_cfg, {**train_cfg, "epochs_per_round": int(train_cfg.get("epochs_per_round", 1)) * rounds},
-                       {"strategy": "fedavg"})
-    name = sites[0] if len(sites) == 1 else "centralized"
-    with tempfile.TemporaryDirectory(dir=Path(out_model).parent) as tmp:
-        pooled_tsv = Path(tmp) / "labels.tsv"
-        write_labels(pooled, pooled_tsv)
-        _train(init_model, kept, pooled_tsv, out_model, out_meta, site=name, round=1, train_cfg=t, model_cfg=m,
-               strategy_cfg=f, threads=threads)
+    rounds = len(out_models)
+    if len(out_validation) != rounds * len(sites):
+        raise ConfigError(f"{len(out_validation)} validation outputs for {rounds} rounds x {len(sites)} sites")
+    per_site = {s: [out_validation[r * len(sites) + i] for r in range(rounds)] for i, s in enumerate(sites)}
+    m, t, _ = _configs(model_cfg, train_cfg)
+    _train(init_model, {s: (read_training_set(training_sets[s], site=s), labels[s]) for s in sites}, out_models,
+           per_site, name=name, train_cfg=t, model_cfg=m, endpoints=Endpoints.from_dict(endpoints_cfg),
+           threads=threads)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedglioma.endpoints import load_endpoints
 from fedglioma.errors import ConfigError, InputError
 
 
@@ -80,6 +81,7 @@ def _metrics(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_bins=args.n_bins,
         site=args.site,
+        endpoints=load_endpoints(args.config),
     )
     write_json(args.out, summary)
     if args.figures:
@@ -110,6 +112,7 @@ def _compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_tsv=args.out,
         site=args.site,
+        endpoints=load_endpoints(args.config),
     )
     return 0
 
@@ -140,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--n-bins", type=int, default=10, help="reliability bins (default: %(default)s)")
+    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
     p.set_defaults(func=_metrics)
 
     p = subparsers.add_parser(
@@ -169,4 +173,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--site", default=None)
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
     p.set_defaults(func=_compare)

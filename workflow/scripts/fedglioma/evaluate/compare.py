@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.atomic import write_text
+from fedglioma.endpoints import POPULATION_LABEL, Endpoints
 from fedglioma.errors import InputError
 from fedglioma.evaluate import metrics as M
 from fedglioma.evaluate.site import MARKER_NAME, MARKERS, SCORE_COLUMN, marker_targets, merge_site_table
@@ -90,6 +91,8 @@ def metric_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     for marker in MARKERS:
         res = markers.get(marker, {})
         name = MARKER_NAME[marker]
+        if marker == "codeletion" and res.get("population"):
+            name = f"{name} ({POPULATION_LABEL[res['population']]})"
         ok = bool(res.get("estimable"))
         ci = f"{int(round(100 * res.get('level', 0.95)))}% CI"
         add(
@@ -114,6 +117,18 @@ def metric_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                 ci,
             )
         add(f"brier:{marker}", f"Brier {name}", "lower", res.get("brier") if ok else None, n=res.get("n"))
+        other = res.get("other_population")
+        if marker == "codeletion" and other:
+            add(
+                "auc:codeletion_other",
+                f"AUC {name} ({other.get('label', other.get('population'))})",
+                "higher",
+                other.get("auc") if other.get("estimable") else None,
+                other.get("ci_low"),
+                other.get("ci_high"),
+                other.get("n"),
+                ci,
+            )
         if marker == "grade":
             ovr = res.get("ovr_macro", {})
             add(
@@ -137,6 +152,7 @@ def paired_auc_tests(
     n_boot: int = M.DEFAULT_N_BOOT,
     seed: int = 0,
     site: str | None = None,
+    endpoints: Endpoints | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Paired bootstrap AUC tests of ``reference`` against every other model, per marker (grade: 4 vs 2-3).
 
@@ -157,7 +173,7 @@ def paired_auc_tests(
         )
         out[other] = {}
         for i, marker in enumerate(MARKERS):
-            y, p_ref = marker_targets(both, marker)
+            y, p_ref = marker_targets(both, marker, endpoints)
             p_other = both[f"{SCORE_COLUMN[marker]}__other"].to_numpy(dtype=np.float64)
             res = M.paired_bootstrap_auc(y, p_ref, p_other, n_boot=n_boot, seed=[seed, i])
             res["n_common_subjects"] = int(len(both))
@@ -296,12 +312,24 @@ def compare_models(
     seed: int = 0,
     out_tsv: str | Path | None = None,
     site: str | None = None,
+    endpoints: Endpoints | None = None,
 ) -> pd.DataFrame:
     """:func:`comparison_table` with paired tests computed from ``predictions`` + ``labels`` when both are given
     (inside the external site's scope); optionally written to ``out_tsv``."""
+    endpoints = endpoints or Endpoints()
+    for model, summary in metrics.items():
+        used = summary.get("endpoints")
+        if used is not None and Endpoints.from_dict(used) != endpoints:
+            raise InputError(
+                f"model {model} was evaluated with endpoints {used}, the comparison uses {endpoints.to_dict()}",
+                site=site,
+                fix="rerun the evaluation with one config (endpoints:)",
+            )
     tests = None
     if predictions and labels is not None and reference in predictions and len(predictions) > 1:
-        tests = paired_auc_tests(predictions, labels, reference=reference, n_boot=n_boot, seed=seed, site=site)
+        tests = paired_auc_tests(
+            predictions, labels, reference=reference, n_boot=n_boot, seed=seed, site=site, endpoints=endpoints
+        )
     table = comparison_table(metrics, tests=tests, reference=reference, baseline=baseline)
     if out_tsv is not None:
         write_comparison(table, out_tsv)

@@ -157,15 +157,31 @@ def volume_difference_ml(pred: ArrayLike, truth: ArrayLike, spacing: Sequence[fl
     return volume_ml(a, spacing) - volume_ml(b, spacing)
 
 
-def segmentation_metrics(pred: ArrayLike, truth: ArrayLike, spacing: Sequence[float]) -> dict[str, Any]:
-    """Per-subject segmentation row: ``dice``, ``hd95`` (mm, NaN if undefined), ``hd95_reason``,
-    ``volume_diff_ml`` (pred - truth), ``volume_pred_ml``, ``volume_true_ml``."""
+#: HD95 given when exactly one mask is empty (the BraTS challenge convention: the diagonal of the
+#: 240 x 240 x 155 1 mm BraTS volume, in mm); both empty gives 0.
+BRATS_HD95_PENALTY_MM = 373.13
+
+
+def segmentation_metrics(
+    pred: ArrayLike, truth: ArrayLike, spacing: Sequence[float], *, empty_penalty_mm: float | None = BRATS_HD95_PENALTY_MM
+) -> dict[str, Any]:
+    """Per-subject segmentation row: ``dice``, ``hd95`` (mm), ``hd95_reason``, ``volume_diff_ml`` (pred - truth),
+    ``volume_pred_ml``, ``volume_true_ml``.
+
+    An empty mask leaves HD95 undefined; with ``empty_penalty_mm`` (default, the BraTS convention) it is the
+    penalty when exactly one mask is empty and 0 when both are, so a missed tumour counts as the worst case
+    instead of dropping out of the median; ``hd95_reason`` says so. With ``None`` it is NaN.
+    """
     a, b = _check_masks(pred, truth)
     h = hd95(a, b, spacing)
+    value, reason = h.value, h.reason or ""
+    if h.reason and empty_penalty_mm is not None:
+        value = 0.0 if h.reason == "both masks empty" else float(empty_penalty_mm)
+        reason = f"{h.reason}: BraTS convention {value:g} mm"
     return {
         "dice": dice(a, b),
-        "hd95": h.value,
-        "hd95_reason": h.reason or "",
+        "hd95": value,
+        "hd95_reason": reason,
         "volume_diff_ml": volume_difference_ml(a, b, spacing),
         "volume_pred_ml": volume_ml(a, spacing),
         "volume_true_ml": volume_ml(b, spacing),
@@ -452,10 +468,21 @@ def choose_threshold_from_counts(
     return float(t[best])
 
 
-def default_threshold_grid(step: float = 0.005) -> NDArray[np.float64]:
-    """Candidate thresholds ``0, step, ..., 1`` on which training sites report confusion counts."""
-    n = round(1.0 / step)
-    return np.round(np.linspace(0.0, 1.0, n + 1), 10)
+def threshold_grid(linear_step: float = 0.01, max_logit: float = 16.0, logit_step: float = 0.25) -> NDArray[np.float64]:
+    """Candidate thresholds on which training sites report confusion counts (positive when ``p >= t``).
+
+    The union of a linear grid ``0, linear_step, ..., 1`` (fine around 0.5) and ``sigmoid(l)`` for logits
+    ``l = -max_logit, ..., max_logit`` in steps of ``logit_step`` (fine near 0 and 1, where a trained head's
+    probabilities saturate: a 0.01 grid has only 0.99 and 1.0 above 0.99 and cannot separate 0.995 from 0.9999).
+    With the defaults the largest threshold below 1 is ``1 - 1.1e-7``, the resolution of float32 probabilities.
+    """
+    linear = np.linspace(0.0, 1.0, round(1.0 / linear_step) + 1)
+    logits = np.arange(-max_logit, max_logit + logit_step / 2, logit_step)
+    return np.unique(np.round(np.concatenate([linear, 1.0 / (1.0 + np.exp(-logits))]), 12))
+
+
+#: The one threshold grid of the package: site validation counts, model selection and tests use it.
+THRESHOLD_GRID: tuple[float, ...] = tuple(float(t) for t in threshold_grid())
 
 
 def threshold_metrics(

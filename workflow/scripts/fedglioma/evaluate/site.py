@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.constants import GRADES, TASKS
+from fedglioma.endpoints import POPULATION_LABEL, Endpoints, restrict
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.evaluate import metrics as M
 
@@ -112,11 +113,19 @@ def merge_site_table(
     return table, counts
 
 
-def marker_targets(table: pd.DataFrame, marker: str) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 target (NaN missing) and score of a marker; grade becomes grade 4 vs 2-3 scored by ``p_grade4``."""
+def marker_targets(
+    table: pd.DataFrame, marker: str, endpoints: Endpoints | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 target (NaN = missing or outside the endpoint's population) and score of a marker.
+
+    Grade becomes grade 4 vs 2-3 scored by ``p_grade4``; 1p/19q counts only in the population that
+    ``endpoints`` defines (:func:`fedglioma.endpoints.restrict`, the rule the training loss uses).
+    """
     y = table[marker].to_numpy(dtype=np.float64)
     if marker == "grade":
         y = M.grade_binary(y)
+    keep = restrict(marker, np.isfinite(y), table["idh"].to_numpy(dtype=np.float64), endpoints or Endpoints())
+    y = np.where(keep, y, np.nan)
     return y, table[SCORE_COLUMN[marker]].to_numpy(dtype=np.float64)
 
 
@@ -129,8 +138,12 @@ def summarise_marker(
     seed: int | list[int],
     n_bins: int = 10,
     level: float = M.DEFAULT_LEVEL,
+    threshold_reason: str | None = None,
 ) -> dict[str, Any]:
-    """All aggregated metrics of one binary marker (missing labels and missing predictions left out)."""
+    """All aggregated metrics of one binary marker (missing labels and missing predictions left out).
+
+    ``threshold_reason`` says why ``threshold`` is ``None`` (e.g. the training sites' validation lacked a class).
+    """
     n_missing_label = int(np.sum(~np.isfinite(y)))
     n_missing_pred = int(np.sum(np.isfinite(y) & ~np.isfinite(p)))
     missing = {"n_missing_label": n_missing_label, "n_missing_prediction": n_missing_pred}
@@ -154,7 +167,7 @@ def summarise_marker(
     }
     if threshold is None:
         out["threshold"] = None
-        out["threshold_reason"] = "no threshold given (chosen on the training sites' validation data)"
+        out["threshold_reason"] = threshold_reason or "no threshold given (chosen on the training sites' validation data)"
     else:
         tm = M.threshold_metrics(y, p, float(threshold), n_boot=n_boot, seed=seed, level=level)
         out.update({k: v for k, v in tm.items() if k not in ("n", "n_pos", "n_neg", "level")})
@@ -164,8 +177,11 @@ def summarise_marker(
 def summarise_segmentation(seg_rows: pd.DataFrame | None, *, site: str | None = None) -> dict[str, Any]:
     """Distribution summaries of per-subject ``dice``, ``hd95`` (mm), ``volume_diff_ml`` and its absolute value.
 
-    Rows without a value (e.g. HD95 of an empty predicted mask) count in ``n_undefined``; if the table has a
-    ``hd95_reason`` column the reasons are tallied.
+    Rows without a value count in ``n_undefined``; if the table has a ``hd95_reason`` column the reasons are
+    tallied (an empty mask's HD95 is the BraTS penalty, see
+    :func:`fedglioma.evaluate.metrics.segmentation_metrics`). With ``dice_grid``, ``hd95_grid`` and
+    ``volume_diff_ml_grid`` columns (the same masks on the network grid) their summaries go in
+    ``network_grid``.
     """
     if seg_rows is None or len(seg_rows) == 0:
         return {"estimable": False, "reason": "no segmentation rows (n=0)", "n": 0}
@@ -179,6 +195,12 @@ def summarise_segmentation(seg_rows: pd.DataFrame | None, *, site: str | None = 
         "volume_diff_ml": M.summarise_values(vals["volume_diff_ml"]),
         "abs_volume_diff_ml": M.summarise_values(np.abs(vals["volume_diff_ml"])),
     }
+    grid_cols = {"dice": "dice_grid", "hd95_mm": "hd95_grid", "volume_diff_ml": "volume_diff_ml_grid"}
+    if all(c in seg_rows.columns for c in grid_cols.values()):
+        out["network_grid"] = {
+            k: M.summarise_values(_numeric(seg_rows, c, "segmentation table", site).to_numpy())
+            for k, c in grid_cols.items()
+        }
     if "hd95_reason" in seg_rows.columns:
         reasons = seg_rows["hd95_reason"].fillna("").astype(str)
         out["hd95_undefined_reasons"] = {str(k): int(v) for k, v in reasons[reasons != ""].value_counts().items()}
@@ -203,6 +225,15 @@ def normalise_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, floa
     return out
 
 
+def threshold_reasons(thresholds: Mapping[str, Any] | None) -> dict[str, str]:
+    """Marker -> why it has no threshold, from model selection's entries (``{"threshold": None, "reason": ...}``)."""
+    out: dict[str, str] = {}
+    for key, value in (thresholds or {}).items():
+        if isinstance(value, Mapping) and value.get("threshold") is None and value.get("reason"):
+            out[THRESHOLD_ALIASES.get(key, key)] = str(value["reason"])
+    return out
+
+
 def summarise_site(
     predictions: pd.DataFrame,
     labels: pd.DataFrame,
@@ -214,6 +245,7 @@ def summarise_site(
     n_bins: int = 10,
     level: float = M.DEFAULT_LEVEL,
     site: str | None = None,
+    endpoints: Endpoints | None = None,
 ) -> dict[str, Any]:
     """Site-aggregated metrics as a JSON-able dict (non-finite numbers become ``null``).
 
@@ -223,18 +255,32 @@ def summarise_site(
     metrics; see :func:`normalise_thresholds` for the accepted forms). Each marker uses its own bootstrap stream
     ``[seed, marker index]``.
 
-    Layout: ``{"site", "n_boot", "seed", "level", "subjects": {...}, "markers": {marker: {...}},
+    ``endpoints`` defines each marker's population (:mod:`fedglioma.endpoints`; default 1p/19q within
+    IDH-mutant); ``markers["codeletion"]["other_population"]`` holds the AUC with CI and n of the other
+    population, a secondary number for the reader.
+
+    Layout: ``{"site", "n_boot", "seed", "level", "endpoints", "subjects": {...}, "markers": {marker: {...}},
     "segmentation": {...}}``; ``markers["grade"]`` is grade 4 vs 2-3 and holds ``ovr_macro`` (grades 2/3/4).
     """
+    endpoints = endpoints or Endpoints()
+    reasons = threshold_reasons(thresholds)
     thresholds = normalise_thresholds(thresholds)
     if n_boot < 1:
         raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
     table, subject_counts = merge_site_table(predictions, labels, site=site)
     markers: dict[str, Any] = {}
     for i, marker in enumerate(MARKERS):
-        y, p = marker_targets(table, marker)
-        res = summarise_marker(y, p, thresholds.get(marker), n_boot=n_boot, seed=[seed, i], n_bins=n_bins, level=level)
+        y, p = marker_targets(table, marker, endpoints)
+        res = summarise_marker(y, p, thresholds.get(marker), n_boot=n_boot, seed=[seed, i], n_bins=n_bins,
+                               level=level, threshold_reason=reasons.get(marker))
         res["label"] = MARKER_LABEL[marker]
+        if marker == "codeletion":
+            res["population"] = endpoints.codeletion
+            res["label"] += f" ({POPULATION_LABEL[endpoints.codeletion]})"
+            other = endpoints.other()
+            y_o, p_o = marker_targets(table, marker, other)
+            res["other_population"] = {"population": other.codeletion, "label": POPULATION_LABEL[other.codeletion],
+                                       **M.auc_with_ci(y_o, p_o, n_boot=n_boot, seed=[seed, i], level=level)}
         if marker == "grade":
             probs = table[["p_grade2", "p_grade3", "p_grade4"]].to_numpy(dtype=np.float64)
             res["ovr_macro"] = M.grade_ovr_auc(
@@ -251,6 +297,7 @@ def summarise_site(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
+        "endpoints": endpoints.to_dict(),
         "subjects": subject_counts,
         "markers": markers,
         "segmentation": summarise_segmentation(seg_rows, site=site),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedglioma.constants import TASKS
+from fedglioma.endpoints import Endpoints, restrict
 from fedglioma.errors import ConfigError
 from fedglioma.model.config import DEFAULT_TASK_WEIGHTS, LOSS_TERMS
 
@@ -38,22 +39,23 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return (1 - dice).mean()
 
 
-def label_masks(labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Which rows have a usable label per task: ``(B, 4)`` -> ``{task: (B,) bool}``.
+def label_masks(labels: torch.Tensor, endpoints: Endpoints | None = None) -> dict[str, torch.Tensor]:
+    """Which rows count for each task: ``(B, 4)`` -> ``{task: (B,) bool}``.
 
-    1p/19q codeletion counts only for IDH-mutant subjects (idh == 1); other subjects are masked.
+    A row counts when it has the label and is in the task's population (:func:`fedglioma.endpoints.restrict`;
+    by default 1p/19q codeletion counts only for IDH-mutant subjects).
     """
+    endpoints = endpoints or Endpoints()
     present = ~torch.isnan(labels)
-    masks = {t: present[:, i] for i, t in enumerate(TASKS)}
-    masks["codeletion"] = masks["codeletion"] & (labels[:, IDH] == 1)
-    return masks
+    return {t: restrict(t, present[:, i], labels[:, IDH], endpoints) for i, t in enumerate(TASKS)}
 
 
 class MultiTaskLoss(nn.Module):
     """Weighted sum of: soft Dice + BCE (segmentation, subjects with a mask), BCE per binary marker, CE for grade."""
 
-    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, weights: Mapping[str, float] | None = None, endpoints: Endpoints | None = None) -> None:
         super().__init__()
+        self.endpoints = endpoints or Endpoints()
         w = dict(DEFAULT_TASK_WEIGHTS)
         for k, v in (weights or {}).items():
             if k not in w:
@@ -87,7 +89,7 @@ class MultiTaskLoss(nn.Module):
         if bool(has_seg.any()) and self.weights["seg"] > 0:
             logits, target = out["seg"][has_seg], tumour[has_seg]
             terms["seg"] = soft_dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
-        masks = label_masks(labels)
+        masks = label_masks(labels, self.endpoints)
         for i, t in enumerate(TASKS):
             m = masks[t]
             if not bool(m.any()) or self.weights[t] == 0:

@@ -189,11 +189,26 @@ def to_native(
     *,
     is_label: bool,
 ) -> nib.Nifti1Image:
-    """Map an array on the network grid back onto the grid of the original T1c file and write it.
+    """Map an array on the network grid back onto the grid of the original T1c file and write it
+    (:func:`native_image`, saved atomically)."""
+    img = native_image(grid_array, subject_dir, grid_json, is_label=is_label)
+    with atomic_path(out_path) as tmp:
+        nib.save(img, str(tmp))
+    return img
 
-    The output has exactly the original T1c file's affine (from state.json) and shape.
-    Labels use genericLabel interpolation and are written as uint8 (int16 above 255);
-    other arrays linear, float32.
+
+def native_image(
+    grid_array: np.ndarray,
+    subject_dir: Path,
+    grid_json: Path,
+    *,
+    is_label: bool,
+) -> nib.Nifti1Image:
+    """Map an array on the network grid back onto the grid of the original T1c file.
+
+    The output has exactly the original T1c file's affine (from state.json), shape and voxel order.
+    Labels use genericLabel interpolation and are uint8 (int16 above 255); other arrays (e.g. a probability
+    map, to be thresholded on the native grid) linear, float32.
     """
     import ants
 
@@ -232,6 +247,24 @@ def to_native(
     img.header.set_sform(native_aff, code=int(native.get("sform_code") or 1))
     img.header.set_qform(native_aff, code=int(native.get("qform_code") or 1))
     img.set_data_dtype(dtype)
-    with atomic_path(out_path) as tmp:
-        nib.save(img, str(tmp))
     return img
+
+
+def native_reference_mask(subject_dir: Path, *, site: str | None = None, subject: str | None = None) -> np.ndarray | None:
+    """The subject's whole-tumour reference mask on the original T1c grid and voxel order (bool), as imported
+    from the site's segmentation; ``None`` when the subject has none.
+
+    It is the import step's mask (the site's labels made binary, no resampling), turned back from RAS to the
+    original voxel order, so it lies on the same grid as :func:`native_image`.
+    """
+    from fedglioma.preprocess.qc import find_step_dir
+
+    import_dir = find_step_dir(Path(subject_dir), "import")
+    if import_dir is None:
+        raise InputError("import step folder not found", site=site, subject=subject, file=subject_dir,
+                         fix="rerun the preprocessing of the subject")
+    imported = read_step(import_dir, site=site, subject=subject)
+    if imported.tumour is None:
+        return None
+    native_aff = np.asarray(imported.state.native["T1c"]["affine"], dtype=float)
+    return from_canonical(np.asarray(imported.tumour.dataobj) > 0, native_aff)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from fedglioma.atomic import write_text
 from fedglioma.constants import GRADES, TASKS
+from fedglioma.endpoints import POPULATION_LABEL
 from fedglioma.errors import InputError
 from fedglioma.evaluate.site import MARKER_NAME, MARKERS
 
@@ -159,6 +160,8 @@ def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     for marker in MARKERS:
         res = markers.get(marker)
         name = f"AUC {MARKER_NAME[marker]}"
+        if res is not None and marker == "codeletion" and res.get("population"):
+            name += f" ({POPULATION_LABEL.get(res['population'], res['population'])})"
         if res is None:
             rows.append({"Metric": name, "Estimate": "not computed", "Interval": "", "n": ""})
             continue
@@ -174,6 +177,16 @@ def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
             )
         else:
             rows.append({"Metric": name, "Estimate": "not estimable", "Interval": str(res.get("reason", "")), "n": n})
+        other = res.get("other_population")
+        if marker == "codeletion" and isinstance(other, Mapping):
+            o_name = f"AUC {MARKER_NAME[marker]} ({other.get('label', other.get('population'))}; secondary)"
+            o_n = f"{other.get('n', 0)} ({other.get('n_pos', 0)} pos / {other.get('n_neg', 0)} neg)"
+            if other.get("estimable"):
+                o_ci = f"{level}% CI {_interval(other['ci_low'], other['ci_high'])}"
+                rows.append({"Metric": o_name, "Estimate": _f(other["auc"]), "Interval": o_ci, "n": o_n})
+            else:
+                rows.append({"Metric": o_name, "Estimate": "not estimable", "Interval": str(other.get("reason", "")),
+                             "n": o_n})
         if marker == "grade" and isinstance(res.get("ovr_macro"), Mapping):
             ovr = res["ovr_macro"]
             per = ovr.get("n_per_class", {}) or {}
@@ -201,12 +214,15 @@ def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 def headline_text(metrics: Mapping[str, Any], *, title: str | None = None, synthetic: bool = False) -> str:
     """The headline metrics as a plain-text table for the terminal (``make demo`` prints it)."""
-    table = headline_table(metrics)
     site = metrics.get("site")
     head = title or (f"Headline metrics, external site {site}" if site else "Headline metrics, external site")
     lines = [head, "=" * len(head)]
     if synthetic:
         lines.append(f"!! {SYNTHETIC_BANNER}")
+    if metrics.get("not_applicable"):
+        lines.append(f"Federated model on the external site: not applicable. {metrics['not_applicable']}")
+        return "\n".join(lines) + "\n"
+    table = headline_table(metrics)
     widths = [max(len(str(c)), *(len(str(v)) for v in table[c])) for c in table.columns]
     lines.append("  ".join(str(c).ljust(w) for c, w in zip(table.columns, widths, strict=True)).rstrip())
     lines.append("  ".join("-" * w for w in widths))
@@ -222,8 +238,9 @@ def marker_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         res = (metrics.get("markers", {}) or {}).get(marker)
         if res is None:
             continue
+        pop = f" ({POPULATION_LABEL.get(res['population'], res['population'])})" if res.get("population") else ""
         row = {
-            "Marker": MARKER_NAME[marker],
+            "Marker": MARKER_NAME[marker] + pop,
             "n (pos/neg)": f"{res.get('n', 0)} ({res.get('n_pos', 0)}/{res.get('n_neg', 0)})",
             "Missing label": str(res.get("n_missing_label", "–")),
         }
@@ -233,7 +250,7 @@ def marker_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
             continue
         row["AUC [CI]"] = f"{_f(res['auc'])} [{_interval(res['auc_ci_low'], res['auc_ci_high'])}]"
         if res.get("threshold") is None:
-            row["Threshold"] = "none given"
+            row["Threshold"] = "none: " + str(res.get("threshold_reason") or "not given")
         else:
             row["Threshold"] = _f(res["threshold"])
             for rate in ("sensitivity", "specificity", "accuracy"):
@@ -281,6 +298,19 @@ def segmentation_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
                 "Undefined": s.get("n_undefined", 0),
             }
         )
+    for key, name, digits in (("dice", "Dice", 3), ("hd95_mm", "HD95 (mm)", 2)):
+        s = (seg.get("network_grid") or {}).get(key)
+        if s:
+            rows.append(
+                {
+                    "Metric": f"{name}, network grid (secondary)",
+                    "Median": _f(s["median"], digits),
+                    "IQR": _interval(s["q1"], s["q3"], digits),
+                    "Mean": _f(s["mean"], digits),
+                    "n": s["n"],
+                    "Undefined": s.get("n_undefined", 0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -444,6 +474,7 @@ def build_report(
     site = metrics.get("site")
     level = int(round(100 * float(metrics.get("level", 0.95))))
     sections: list[tuple[str, str, str]] = []
+    not_applicable = metrics.get("not_applicable")
 
     head_note = (
         f'<p class="note">External site <b>{_e(site or "–")}</b>, never used for training, model '
@@ -451,9 +482,14 @@ def build_report(
         f"({_e(metrics.get('n_boot', '–'))} resamples, seed {_e(metrics.get('seed', '–'))}); n counts the "
         "subjects with that label (pos/neg).</p>"
     )
-    sections.append(
-        ("headline", "Headline metrics", head_note + _table(headline_table(metrics), extra_class="headline nowrap"))
-    )
+    if not_applicable:
+        head_body = (
+            f'<p class="note">External site <b>{_e(site or "–")}</b>: the federated model\'s external evaluation '
+            f"is <b>not applicable</b>. {_e(not_applicable)}</p>"
+        )
+    else:
+        head_body = head_note + _table(headline_table(metrics), extra_class="headline nowrap")
+    sections.append(("headline", "Headline metrics", head_body))
 
     cohort_body = _table(cohort_summary(cohort, qc_exclusions))
     cohort_body += (
@@ -484,41 +520,47 @@ def build_report(
         )
     )
 
-    roc_body = _figure(
-        figures.get("roc"), f"ROC curves per marker with {level}% bootstrap bands (external site)", name="roc"
-    )
-    roc_body += "<h3>Per-marker metrics at the training-site threshold</h3>" + _table(
-        marker_table(metrics), extra_class="nowrap"
-    )
-    roc_body += (
-        '<p class="note">Thresholds maximise Youden\'s J on the summed validation confusion counts of the '
-        "training sites; the external site never influences them. Predicted positive when "
-        "p ≥ threshold. Grade: grade 4 vs 2-3 scored by p(grade 4).</p>"
-    )
-    sections.append(("roc", "ROC curves", roc_body))
-
-    sections.append(
-        (
-            "reliability",
-            "Calibration",
-            _figure(
-                figures.get("reliability"),
-                "Reliability curves (uniform bins; point area ∝ subjects in the bin) and Brier scores",
-                name="reliability",
-            ),
+    if not not_applicable:
+        roc_body = _figure(
+            figures.get("roc"), f"ROC curves per marker with {level}% bootstrap bands (external site)", name="roc"
         )
-    )
+        roc_body += "<h3>Per-marker metrics at the training-site threshold</h3>" + _table(
+            marker_table(metrics), extra_class="nowrap"
+        )
+        roc_body += (
+            '<p class="note">Thresholds maximise Youden\'s J on the summed validation confusion counts of the '
+            "training sites; the external site never influences them. Predicted positive when "
+            "p ≥ threshold. Grade: grade 4 vs 2-3 scored by p(grade 4).</p>"
+        )
+        sections.append(("roc", "ROC curves", roc_body))
 
-    dice_body = _figure(figures.get("dice"), "Dice per subject (box: quartiles; points: subjects)", name="dice")
-    dice_body += _table(segmentation_table(metrics))
-    sections.append(("dice", "Segmentation: Dice distribution", dice_body))
+        sections.append(
+            (
+                "reliability",
+                "Calibration",
+                _figure(
+                    figures.get("reliability"),
+                    "Reliability curves (uniform bins; point area ∝ subjects in the bin) and Brier scores",
+                    name="reliability",
+                ),
+            )
+        )
 
-    overlays = {k: v for k, v in figures.items() if k.startswith("overlay")}
-    if overlays:
-        ov_body = "".join(_figure(p, _overlay_caption(k), name=k) for k, p in overlays.items())
-    else:
-        ov_body = '<p class="muted">Best / median / worst overlays: not available.</p>'
-    sections.append(("overlays", "Segmentation overlays: best, median, worst", ov_body))
+        dice_body = _figure(figures.get("dice"), "Dice per subject (box: quartiles; points: subjects)", name="dice")
+        dice_body += _table(segmentation_table(metrics))
+        dice_body += (
+            '<p class="note">Measured on each subject\'s native T1c grid against the site\'s own segmentation '
+            "(the prediction mapped back and thresholded there); the network-grid values are secondary. An empty "
+            "prediction counts with the BraTS HD95 penalty of 373.13 mm.</p>"
+        )
+        sections.append(("dice", "Segmentation: Dice distribution", dice_body))
+
+        overlays = {k: v for k, v in figures.items() if k.startswith("overlay")}
+        if overlays:
+            ov_body = "".join(_figure(p, _overlay_caption(k), name=k) for k, p in overlays.items())
+        else:
+            ov_body = '<p class="muted">Best / median / worst overlays: not available.</p>'
+        sections.append(("overlays", "Segmentation overlays: best, median, worst", ov_body))
 
     if comparison is not None and not comparison.empty:
         cmp_body = _table(_comparison_display(comparison), extra_class="nowrap")

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from fedglioma.endpoints import load_endpoints
 from fedglioma.train.config import load_configs
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def _local_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         local_in=args.local_in,
         local_out=args.local_out,
+        endpoints=load_endpoints(args.config),
     )
     return 0
 
@@ -59,12 +61,15 @@ def _validate(args: argparse.Namespace) -> int:
         threads=args.threads,
         local_in=args.local_in,
         site_local_patterns=fed_cfg.site_local_patterns,
+        endpoints=load_endpoints(args.config),
     )
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="config.yaml (sections model:, train:, federated:); defaults if omitted")
+    p.add_argument(
+        "--config", type=Path, help="config.yaml (sections model:, train:, federated:, endpoints:); defaults if omitted"
+    )
 
 
 def _site_args(p: argparse.ArgumentParser) -> None:

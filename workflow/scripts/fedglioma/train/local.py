@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from fedglioma.atomic import write_json
 from fedglioma.constants import BINARY_TASKS, TASKS
+from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.federated.config import FederatedConfig
 from fedglioma.federated.exchange import load_params, save_params
@@ -37,6 +39,7 @@ from fedglioma.train.metrics import (
     multiclass_auc_or_none,
     threshold_counts,
 )
+from fedglioma.train.schedule import lr_for_round
 from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device
 
 log = logging.getLogger(__name__)
@@ -198,7 +201,7 @@ def evaluate_dataset(
             metrics["loss"] = float(sum(loss_fn.weights[k] * v for k, v in loss_terms.items()))
         if dices:
             metrics["dice_mean"] = float(np.mean(dices))
-        masks = label_masks(lab)
+        masks = label_masks(lab, loss_fn.endpoints)
         for i, t in enumerate(BINARY_TASKS):
             m = masks[t].numpy()
             y = lab[:, i].numpy()[m]
@@ -212,7 +215,7 @@ def evaluate_dataset(
         auc["grade_ovr"], n_auc["grade_ovr"] = multiclass_auc_or_none(g, pg), int(m.sum())
         counts["grade4"] = threshold_counts(g == 2, pg[:, 2])
     metrics["auc"], metrics["n_auc"] = auc, n_auc
-    result: dict[str, Any] = {"n_val": n, "metrics": metrics}
+    result: dict[str, Any] = {"n_val": n, "endpoints": loss_fn.endpoints.to_dict(), "metrics": metrics}
     if with_thresholds:
         result["thresholds"] = {"grid": list(THRESHOLD_GRID), "tasks": counts}
     return result
@@ -237,6 +240,73 @@ def _prepare(
     return model.to(device), side
 
 
+def fit_epochs(
+    model: MultiTaskUNet,
+    train_ds: Dataset[dict[str, Any]],
+    opt: torch.optim.Optimizer,
+    loss_fn: MultiTaskLoss,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    *,
+    seed_key: tuple[Any, ...],
+    log_as: str,
+    epochs: int | None = None,
+    first_epoch: int = 0,
+    anchors: Mapping[str, torch.Tensor] | None = None,
+    mu: float = 0.0,
+    amp: bool = False,
+) -> tuple[list[float | None], list[dict[str, float]]]:
+    """Train ``model`` for ``epochs`` (default ``train_cfg.epochs_per_round``) epochs on ``train_ds``.
+
+    The one training loop of the package: federated local training and the baselines both run it. Each epoch's
+    order and augmentation come from ``generator(train_cfg.seed, "epoch", *seed_key, epoch)`` (epochs numbered
+    from ``first_epoch``). With ``anchors`` and ``mu > 0`` the FedProx term ``mu/2 * ||w - anchor||^2`` is added.
+
+    Returns:
+        per epoch, the mean total loss over steps (``None`` when no batch had a label) and the mean of each term.
+    """
+    params = dict(model.named_parameters())
+    epoch_losses: list[float | None] = []
+    epoch_terms: list[dict[str, float]] = []
+    n = len(train_ds)  # type: ignore[arg-type]
+    bs = train_cfg.batch_size
+    site = getattr(train_ds, "site", None)
+    for epoch in range(first_epoch, first_epoch + (train_cfg.epochs_per_round if epochs is None else epochs)):
+        model.train()
+        gen = generator(train_cfg.seed, "epoch", *seed_key, epoch)
+        order = torch.randperm(n, generator=gen).tolist()
+        sums: dict[str, float] = {}
+        steps = 0
+        total_sum = 0.0
+        for start in range(0, n, bs):
+            batch = collate([train_ds[i] for i in order[start : start + bs]], site=site)
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            batch = augment_batch(batch, train_cfg.augment, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(batch["image"])
+            out = {k: v.float() for k, v in out.items()}
+            loss, terms = loss_fn(out, batch["tumour"], batch["has_seg"], batch["labels"])
+            if loss is None:
+                continue
+            if anchors and mu > 0:
+                prox = sum(((params[k] - a) ** 2).sum() for k, a in anchors.items())
+                loss = loss + 0.5 * mu * prox
+                terms["prox"] = prox.detach()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            opt.step()
+            steps += 1
+            total_sum += loss.item()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+        epoch_losses.append(total_sum / steps if steps else None)
+        epoch_terms.append({k: v / steps for k, v in sums.items()})
+        log.info("%s epoch %d: loss %s", log_as, epoch + 1, epoch_losses[-1])
+    return epoch_losses, epoch_terms
+
+
 def local_train(
     global_in: str | Path,
     npz_files: Sequence[str | Path],
@@ -252,6 +322,7 @@ def local_train(
     threads: int = 1,
     local_in: str | Path | None = None,
     local_out: str | Path | None = None,
+    endpoints: Endpoints | None = None,
 ) -> dict[str, Any]:
     """Train the global model of round ``round - 1`` on one site for ``train_cfg.epochs_per_round`` epochs.
 
@@ -272,6 +343,7 @@ def local_train(
             model's values are used).
         local_out: where to write this round's site-local parameters (required when
             ``site_local_patterns`` is not empty; an empty file otherwise).
+        endpoints: which subjects count for each task (config ``endpoints``; default 1p/19q within IDH-mutant).
 
     Returns:
         the update's sidecar: ``round``, ``site``, ``n_train``, ``n_val``, ``train_losses`` (per epoch),
@@ -290,50 +362,18 @@ def local_train(
         val_ds = SiteDataset(npz_files, labels_tsv, part="val", **ds_kw)
         if len(train_ds) == 0:
             raise InputError("no training subjects", site=site, fix="check the site's training files")
-        loss_fn = MultiTaskLoss(train_cfg.task_weights)
+        loss_fn = MultiTaskLoss(train_cfg.task_weights, endpoints)
         mu = float(strategy_cfg.mu) if strategy_cfg.strategy == "fedprox" else 0.0
         anchors = {
             n: p.detach().clone() for n, p in model.named_parameters() if mu > 0 and not is_site_local(n, patterns)
         }
-        opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        params = dict(model.named_parameters())
-        epoch_losses: list[float | None] = []
-        epoch_terms: list[dict[str, float]] = []
+        lr = lr_for_round(train_cfg, round, strategy_cfg.rounds)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
+        epoch_losses, epoch_terms = fit_epochs(
+            model, train_ds, opt, loss_fn, train_cfg, device, seed_key=(site, round), log_as=f"site {site} round {round}",
+            anchors=anchors, mu=mu, amp=amp,
+        )
         n = len(train_ds)
-        bs = train_cfg.batch_size
-        for epoch in range(train_cfg.epochs_per_round):
-            model.train()
-            gen = generator(train_cfg.seed, "epoch", site, round, epoch)
-            order = torch.randperm(n, generator=gen).tolist()
-            sums: dict[str, float] = {}
-            steps = 0
-            total_sum = 0.0
-            for start in range(0, n, bs):
-                batch = collate([train_ds[i] for i in order[start : start + bs]], site=site)
-                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-                batch = augment_batch(batch, train_cfg.augment, gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(batch["image"])
-                out = {k: v.float() for k, v in out.items()}
-                loss, terms = loss_fn(out, batch["tumour"], batch["has_seg"], batch["labels"])
-                if loss is None:
-                    continue
-                if anchors:
-                    prox = sum(((params[k] - a) ** 2).sum() for k, a in anchors.items())
-                    loss = loss + 0.5 * mu * prox
-                    terms["prox"] = prox.detach()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if train_cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                opt.step()
-                steps += 1
-                total_sum += loss.item()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
-            epoch_losses.append(total_sum / steps if steps else None)
-            epoch_terms.append({k: v / steps for k, v in sums.items()})
-            log.info("site %s round %d epoch %d: loss %s", site, round, epoch + 1, epoch_losses[-1])
         validation = evaluate_dataset(model, val_ds, loss_fn, device) if len(val_ds) else {"n_val": 0, "metrics": None}
         shared, local = split_params(model.state_dict(), patterns)
         side = save_params(
@@ -348,6 +388,7 @@ def local_train(
                 "strategy": strategy_cfg.strategy,
                 "mu": mu,
                 "epochs": train_cfg.epochs_per_round,
+                "lr": lr,
                 "train_losses": epoch_losses,
                 "train_loss_terms": epoch_terms,
                 "validation": validation["metrics"],
@@ -359,6 +400,34 @@ def local_train(
         if local_out is not None:
             save_params(local_out, local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns)})
     return side
+
+
+def validation_doc(
+    model: MultiTaskUNet,
+    npz_files: Sequence[str | Path],
+    labels_tsv: str | Path,
+    device: torch.device,
+    *,
+    site: str,
+    round: int,
+    train_cfg: TrainConfig,
+    endpoints: Endpoints | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The validation JSON of ``model`` on the site's validation split (site-aggregated metrics only).
+
+    The one validation of the package: :func:`validate` (federated rounds) and the baselines
+    (:func:`fedglioma.train.baseline.train_baseline`) both call it, so every arm is scored and thresholded alike.
+    Holds ``kind``, ``round``, ``site``, ``extra`` keys, ``n_val``, ``endpoints``, ``metrics`` (loss,
+    loss_terms, dice_mean, n_seg, auc, n_auc) and ``thresholds`` (grid and per-task tp/fp/tn/fn over it); never
+    per-subject values.
+    """
+    val_ds = SiteDataset(
+        npz_files, labels_tsv, site=site, part="val", val_fraction=train_cfg.val_fraction, seed=train_cfg.seed
+    )
+    loss_fn = MultiTaskLoss(train_cfg.task_weights, endpoints)
+    result = evaluate_dataset(model, val_ds, loss_fn, device, with_thresholds=True)
+    return _json_safe({"kind": "validation", "round": round, "site": site, **extra, **result})
 
 
 def validate(
@@ -374,29 +443,19 @@ def validate(
     threads: int = 1,
     local_in: str | Path | None = None,
     site_local_patterns: Sequence[str] | None = None,
+    endpoints: Endpoints | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the global model of ``round`` on the site's validation split; write site-aggregated metrics.
+    """Evaluate the global model of ``round`` on the site's validation split; write :func:`validation_doc`.
 
     With ``local_in`` the site's own site-local parameters replace the global ones (the personalised model).
-    The JSON holds ``kind``, ``round``, ``site``, ``n_val``, ``metrics`` (loss, loss_terms, dice_mean, n_seg,
-    auc, n_auc) and ``thresholds`` (grid and per-task tp/fp/tn/fn over it); never per-subject values.
     """
     device = pick_device()
     with deterministic(derive_seed(train_cfg.seed, "validate", site, round), threads=threads, device=device):
         model, gside = _prepare(global_in, model_cfg, local_in, site_local_patterns, device)
-        val_ds = SiteDataset(
-            npz_files, labels_tsv, site=site, part="val", val_fraction=train_cfg.val_fraction, seed=train_cfg.seed
+        doc = validation_doc(
+            model, npz_files, labels_tsv, device, site=site, round=round, train_cfg=train_cfg, endpoints=endpoints,
+            personalised=local_in is not None, model_sha256=gside.get("sha256"),
         )
-        result = evaluate_dataset(model, val_ds, MultiTaskLoss(train_cfg.task_weights), device, with_thresholds=True)
-    doc = {
-        "kind": "validation",
-        "round": round,
-        "site": site,
-        "personalised": local_in is not None,
-        "model_sha256": gside.get("sha256"),
-        **result,
-    }
-    doc = _json_safe(doc)
     write_json(out_json, doc)
     return doc
 

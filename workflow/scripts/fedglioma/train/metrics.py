@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from fedglioma.evaluate import metrics as M
 
-#: Fixed threshold grid 0.00, 0.01, ..., 1.00 (a subject is positive when ``p >= t``).
-THRESHOLD_GRID: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(101))
+#: The threshold grid (a subject is positive when ``p >= t``), defined once in :mod:`fedglioma.evaluate.metrics`.
+THRESHOLD_GRID = M.THRESHOLD_GRID
 
 
 def dice_score(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:
