@@ -291,10 +291,6 @@ def _predict_subjects(model: Any, files: Sequence[str], subjects: Sequence[str],
         yield subject, arrays, seg_prob, probs
 
 
-#: Per-subject segmentation columns on the network grid (secondary to the native-grid ``dice``, ``hd95``, ...).
-GRID_SUFFIX = "_grid"
-
-
 def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, subject_dir: Path, grid: Path,
                          native_out: Path | None, *, site: str, subject: str) -> dict[str, Any] | None:
     """One subject's segmentation row, with the predicted mask written on its native grid.
@@ -306,6 +302,7 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
     ``*_grid`` columns. Returns ``None`` when the subject has no reference mask.
     """
     from fedglioma.evaluate.metrics import segmentation_metrics
+    from fedglioma.evaluate.site import GRID_COLUMNS
     from fedglioma.preprocess.grid import native_image, native_reference_mask
 
     prob = native_image(seg_prob, subject_dir, grid, is_label=False)
@@ -325,7 +322,7 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
     row = {"subject": subject, **segmentation_metrics(pred, truth, spacing)}
     grid_spacing = tuple(float(v) for v in read_json(grid)["grid_spacing"])
     on_grid = segmentation_metrics(seg_prob >= 0.5, truth_grid, grid_spacing)
-    row.update({f"{k}{GRID_SUFFIX}": on_grid[k] for k in ("dice", "hd95", "volume_diff_ml")})
+    row.update({col: on_grid[col.removesuffix("_grid")] for col in GRID_COLUMNS})
     return row
 
 

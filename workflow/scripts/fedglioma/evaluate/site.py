@@ -25,6 +25,8 @@ from fedglioma.evaluate import metrics as M
 PREDICTION_COLUMNS: tuple[str, ...] = ("p_idh", "p_codeletion", "p_mgmt", "p_grade2", "p_grade3", "p_grade4")
 #: Segmentation row columns (per subject).
 SEG_COLUMNS: tuple[str, ...] = ("dice", "hd95", "volume_diff_ml")
+#: The same metrics on the network grid (secondary): column of each segmentation row -> summary key.
+GRID_COLUMNS: dict[str, str] = {"dice_grid": "dice", "hd95_grid": "hd95_mm", "volume_diff_ml_grid": "volume_diff_ml"}
 #: The four markers reported: three binary ones and grade (4 vs 2-3 as the primary grade endpoint).
 MARKERS: tuple[str, ...] = TASKS
 #: Column of ``predictions`` that scores each marker's positive class.
@@ -195,11 +197,10 @@ def summarise_segmentation(seg_rows: pd.DataFrame | None, *, site: str | None = 
         "volume_diff_ml": M.summarise_values(vals["volume_diff_ml"]),
         "abs_volume_diff_ml": M.summarise_values(np.abs(vals["volume_diff_ml"])),
     }
-    grid_cols = {"dice": "dice_grid", "hd95_mm": "hd95_grid", "volume_diff_ml": "volume_diff_ml_grid"}
-    if all(c in seg_rows.columns for c in grid_cols.values()):
+    if all(c in seg_rows.columns for c in GRID_COLUMNS):
         out["network_grid"] = {
             k: M.summarise_values(_numeric(seg_rows, c, "segmentation table", site).to_numpy())
-            for k, c in grid_cols.items()
+            for c, k in GRID_COLUMNS.items()
         }
     if "hd95_reason" in seg_rows.columns:
         reasons = seg_rows["hd95_reason"].fillna("").astype(str)
