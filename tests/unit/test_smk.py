@@ -44,8 +44,8 @@ def test_command_line_and_configs_load_without_heavy_libraries() -> None:
         "from fedglioma.federated.config import FederatedConfig\n"
         "build_parser()\n"
         "print(sorted(m for m in ('torch', 'sklearn', 'ants') if m in sys.modules))\n"
-        "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t\n"
-        "assert all(getattr(p, n) is not None for p in (f, m, t) for n in p.__all__)\n"
+        "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t, fedglioma.preprocess as pp\n"
+        "assert all(getattr(p, n) is not None for p in (f, m, t, pp) for n in p.__all__)\n"
         "assert f.FedAvg.__module__ == 'fedglioma.federated.strategies' and 'FedAvg' in dir(f)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,6 +11,8 @@ Conventions (see ``docs/evaluation.md``):
   class counts), uses a seeded :class:`numpy.random.Generator`, and the CI is the percentile interval.
 - Thresholds are chosen *only* from summed confusion counts of the training sites
   (:func:`choose_threshold_from_counts`); thresholded metrics take the threshold as an argument.
+- scikit-learn is imported inside the functions that use it: the QC step and the ``fedglioma`` command line
+  import this module (Dice, the threshold grid) and must not pay for it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from scipy.stats import rankdata
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 from fedglioma.errors import ConfigError
 
@@ -306,6 +306,7 @@ def _check_level(level: float) -> None:
 
 def auc(y: ArrayLike, p: ArrayLike) -> float:
     """ROC AUC (:func:`sklearn.metrics.roc_auc_score`) after dropping missing labels; NaN if one class."""
+    from sklearn.metrics import roc_auc_score
     yy, pp = labelled(y, p)
     if np.unique(yy).size < 2:
         return float("nan")
@@ -325,6 +326,7 @@ def auc_with_ci(
     Returns ``estimable``, ``auc``, ``ci_low``, ``ci_high``, ``level``, ``n``, ``n_pos``, ``n_neg``, ``n_boot``;
     or ``{"estimable": False, "reason": "only one class (n=...)", n, n_pos, n_neg}``.
     """
+    from sklearn.metrics import roc_auc_score
     _check_level(level)
     yy, pp = labelled(y, p)
     _check_binary(yy)
@@ -347,6 +349,7 @@ def auc_with_ci(
 
 def roc_points(y: ArrayLike, p: ArrayLike) -> dict[str, list[float]]:
     """ROC curve points (:func:`sklearn.metrics.roc_curve`): ``fpr`` and ``tpr`` lists (labels present only)."""
+    from sklearn.metrics import roc_curve
     yy, pp = labelled(y, p)
     fpr, tpr, _ = roc_curve(yy, pp)
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
@@ -386,6 +389,7 @@ def roc_band(
 
     Returns ``fpr``, ``tpr`` (the observed curve), ``grid``, ``tpr_median``, ``tpr_low``, ``tpr_high``.
     """
+    from sklearn.metrics import roc_curve
     _check_level(level)
     yy, pp = labelled(y, p)
     _check_binary(yy)
@@ -535,6 +539,7 @@ def threshold_metrics(
 
 def brier(y: ArrayLike, p: ArrayLike) -> float:
     """Brier score (:func:`sklearn.metrics.brier_score_loss`) after dropping missing labels; NaN if none."""
+    from sklearn.metrics import brier_score_loss
     yy, pp = labelled(y, p)
     if yy.size == 0:
         return float("nan")
@@ -547,6 +552,7 @@ def reliability(y: ArrayLike, p: ArrayLike, *, n_bins: int = 10) -> dict[str, An
     Returns ``prob_pred`` (mean predicted probability), ``prob_true`` (observed fraction of positives) and
     ``count`` for each non-empty bin, plus ``n_bins`` and ``bin_edges``.
     """
+    from sklearn.calibration import calibration_curve
     yy, pp = labelled(y, p)
     _check_binary(yy)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -591,6 +597,7 @@ def grade_ovr_auc(
 
     Estimable only when every class is present; otherwise ``{"estimable": False, "reason": ...}``.
     """
+    from sklearn.metrics import roc_auc_score
     _check_level(level)
     g, pr = labelled(grade, probs)
     pr = np.asarray(pr, dtype=np.float64).reshape(g.size, -1)
@@ -651,6 +658,7 @@ def paired_bootstrap_auc(
     the smallest alpha at which the percentile CI of the difference excludes 0 (with the usual +1 correction so
     that p is never 0). Subjects missing the label or either prediction are left out.
     """
+    from sklearn.metrics import roc_auc_score
     _check_level(level)
     yy, pa, pb = labelled(y, p_a, p_b)
     _check_binary(yy)
