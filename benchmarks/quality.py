@@ -1,10 +1,10 @@
 """Quality: external median Dice and AUCs of federated (FedAvg, FedProx), centralized and local-only models.
 
 Runs the real workflow on the benchmark cohort (``config/config.yaml`` overridden by ``config/benchmark.yaml``:
-5 training sites x 12 synthetic subjects + 24 external, both baselines) for each seed (``train.seed``) and
+5 training sites x 8 synthetic subjects + 16 external, 5 rounds, both baselines) for each seed (``train.seed``) and
 strategy (``federated.strategy``)::
 
-    snakemake --snakefile Snakefile --directory WORK --cores 2 \\
+    snakemake --snakefile Snakefile --directory WORK --profile profiles/local --cores 2 \\
         --configfile config/config.yaml config/benchmark.yaml WORK/config/run.yaml
 
 and collects ``WORK/results/sites/<external>/evaluation/comparison.tsv`` after each run (copied to
@@ -17,8 +17,8 @@ Per run: federated / centralized for median Dice and for the mean of the four AU
 grade 4 vs 2-3), and federated minus the best local-only model. Targets (medians over seeds, per strategy):
 ratios >= 0.97; federated above the best local-only model for Dice and for mean AUC.
 
-This takes hours on 2 cores (84 subjects to preprocess at about 1.5-2 min each, then 3 seeds x 2 strategies of
-training); ``--dry-run`` only plans every run (``snakemake -n``).
+About 90 minutes on 2 cores (56 subjects to preprocess, 16 of them raw exams through the whole chain, then 3 seeds
+x 2 strategies of training); ``--dry-run`` only plans every run (``snakemake -n``).
 
 Usage::
 
@@ -56,7 +56,8 @@ def run_config(work: Path, seed: int, strategy: str) -> Path:
 
 def snakemake_cmd(work: Path, configs: list[Path], cores: int, dry_run: bool) -> list[str]:
     cmd = [str(common.BIN / "snakemake"), "--snakefile", str(common.REPO / "Snakefile"), "--directory", str(work),
-           "--cores", str(cores), "--configfile", *map(str, configs)]
+           "--profile", str(common.REPO / "profiles" / "local"), "--cores", str(cores),
+           "--configfile", *map(str, configs)]
     return cmd + (["-n", "--quiet", "rules"] if dry_run else ["--rerun-incomplete"])
 
 

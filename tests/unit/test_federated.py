@@ -306,6 +306,30 @@ def test_round_score_is_the_pooled_auc_not_a_mean_of_tiny_site_aucs(tmp_path: Pa
     assert pooled_auc(counts) == pytest.approx(roc_auc_score([0, 1, 1, 0, 1], [0.1, 0.3, 0.9, 0.3, 0.5]))
 
 
+def test_segmentation_and_classification_weigh_half_each(tmp_path: Path) -> None:
+    """Round 1: two markers separate perfectly, Dice 0.5; round 2: AUCs 7/9, Dice 0.9. A plain mean of the
+    three metrics (the old score) picks round 1 (0.83 vs 0.82); half Dice, half mean AUC picks round 2."""
+    from fedglioma.federated.select import round_score
+    from fedglioma.train.metrics import THRESHOLD_GRID
+
+    y = [0, 0, 0, 1, 1, 1]
+    rounds = {1: (0.5, [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), 2: (0.9, [0.1, 0.2, 0.8, 0.3, 0.7, 0.9])}
+    paths = []
+    for rnd, (dice, p) in rounds.items():
+        doc = {"kind": "validation", "round": rnd, "site": "A", "n_val": 6,
+               "metrics": {"loss": 1.0, "dice_mean": dice, "n_seg": 6},
+               "thresholds": {"grid": list(THRESHOLD_GRID), "tasks": {t: _counts(y, p) for t in ("idh", "mgmt")}}}
+        paths.append(tmp_path / f"val-{rnd}.json")
+        paths[-1].write_text(json.dumps(doc))
+    final = select_model(paths, tmp_path / "final.json")
+    aucs = {r: final["rounds"][str(r)]["metrics"]["auc.idh"] for r in rounds}
+    assert aucs[1] == pytest.approx(1.0) and aucs[2] == pytest.approx(7 / 9)
+    assert (0.5 + 2 * aucs[1]) / 3 > (0.9 + 2 * aucs[2]) / 3  # the old rule would keep round 1
+    assert final["round"] == 2 and final["score"] == pytest.approx((0.9 + 7 / 9) / 2)
+    assert final["score_rule"].startswith("mean of the pooled Dice")
+    assert round_score({"auc.idh": 0.7}) == pytest.approx(0.7) and round_score({"dice_mean": 0.6}) == 0.6
+
+
 def test_a_marker_with_too_few_of_a_class_stays_out_of_the_score(tmp_path: Path) -> None:
     from fedglioma.federated.select import MIN_CLASS_COUNT
 

@@ -5,13 +5,14 @@ patient-level value is read: each site reports metrics and confusion counts over
 (:data:`fedglioma.evaluate.metrics.THRESHOLD_GRID`). Every arm (federated, centralized, local-only) is selected
 by this one rule, :func:`select_model`.
 
-- Round score: the mean of the round's pooled metrics: mean Dice over all validation subjects with a mask
-  (site means weighted by their ``n_seg``), and for each marker (idh, codeletion, mgmt, grade 4 vs 2/3) the
-  AUC of the ROC curve of the confusion counts summed over sites (:func:`pooled_auc`: every validation subject
-  of every site on one curve, not a mean of per-site AUCs on two or three subjects each). A marker enters only
-  when the pooled validation holds at least :data:`MIN_CLASS_COUNT` subjects of each class; the split is fixed,
-  so the same metrics enter every round. With none, minus the n-weighted validation loss. The best score wins;
-  ties go to the earliest round.
+- Round score (:func:`round_score`): segmentation and classification weigh half each. Segmentation is the
+  mean Dice over all validation subjects with a mask (site means weighted by their ``n_seg``); classification
+  is the mean over markers (idh, codeletion, mgmt, grade 4 vs 2/3) of the AUC of the ROC curve of the
+  confusion counts summed over sites (:func:`pooled_auc`: every validation subject of every site on one curve,
+  not a mean of per-site AUCs on two or three subjects each). A marker enters only when the pooled validation
+  holds at least :data:`MIN_CLASS_COUNT` subjects of each class; the split is fixed, so the same metrics enter
+  every round. With none, minus the n-weighted validation loss. The best score wins; ties go to the earliest
+  round.
 - Thresholds: for the chosen round, per marker, the Youden-optimal threshold of the summed counts
   (max sensitivity + specificity - 1; on ties the one closest to 0.5). A marker whose pooled validation lacks a
   class gets no threshold (``None`` with the reason), never a silent 0.5.
@@ -33,6 +34,8 @@ from fedglioma.evaluate.metrics import choose_threshold_from_counts
 
 #: Metrics of the round score: pooled mean Dice, and the pooled AUC of each marker (grade: 4 vs 2/3).
 SCORE_METRICS: tuple[str, ...] = ("dice_mean", "auc.idh", "auc.codeletion", "auc.mgmt", "auc.grade4")
+#: How :func:`round_score` combines them (recorded in final.json).
+SCORE_RULE = "mean of the pooled Dice and the mean of the entering markers' pooled AUCs (half each)"
 #: A marker's pooled AUC enters the round score only with at least this many validation subjects of each class.
 MIN_CLASS_COUNT = 3
 
@@ -52,6 +55,23 @@ def pooled_auc(counts: dict[str, Sequence[int]]) -> float | None:
     order = np.lexsort((tpr, fpr))
     x, y = fpr[order], tpr[order]
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def round_score(metrics: dict[str, float]) -> float:
+    """The round score from the pooled metrics that enter it: the two task families weigh half each.
+
+    Segmentation (``dice_mean``) and classification (the mean of the entering markers' pooled AUCs) count
+    equally, so that four noisy marker AUCs on a handful of validation subjects do not outvote the Dice of
+    every validation mask. With one family only, its value.
+
+    >>> round_score({"dice_mean": 0.8, "auc.idh": 0.4, "auc.mgmt": 0.6})
+    0.65
+    """
+    aucs = [v for k, v in metrics.items() if k != "dice_mean"]
+    families = [metrics["dice_mean"]] if "dice_mean" in metrics else []
+    if aucs:
+        families.append(float(np.mean(aucs)))
+    return float(np.mean(families))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -175,7 +195,7 @@ def select_model(
     common = [k for k in SCORE_METRICS if all(usable(pr, k) for pr in per_round.values())]
     for pr in per_round.values():
         if common:
-            pr["score"] = float(np.mean([pr["metrics"][k] for k in common]))
+            pr["score"] = round_score({k: pr["metrics"][k] for k in common})
         else:
             pr["score"] = -pr["loss"] if pr["loss"] is not None else None
     scored = [(pr["score"], rnd) for rnd, pr in per_round.items() if pr["score"] is not None]
@@ -186,6 +206,7 @@ def select_model(
         "round": best,
         "score": per_round[best]["score"],
         "score_metrics": common or ["-loss"],
+        "score_rule": SCORE_RULE if common else "minus the n-weighted validation loss",
         "min_class_count": MIN_CLASS_COUNT,
         "endpoints": results[0].get("endpoints"),
         "thresholds": thresholds,
