@@ -37,6 +37,7 @@ def merged() -> dict:
 def test_overlay_merges_validates_and_parses() -> None:
     from snakemake.utils import validate
 
+    from fedglioma.config import SCHEMA_DIR
     from fedglioma.model import ModelConfig
     from fedglioma.train.config import load_configs
     from fedglioma.train.schedule import lr_table
@@ -48,7 +49,7 @@ def test_overlay_merges_validates_and_parses() -> None:
     assert cfg["preprocess"]["atlas"]["template"] == base["preprocess"]["atlas"]["template"]
     assert cfg["train"]["task_weights"] == base["train"]["task_weights"]
     assert cfg["clinical"] == base["clinical"] and cfg["demo"]["enabled"] is False
-    validate(cfg, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # every key is in the schema
+    validate(cfg, schema=str(SCHEMA_DIR / "config.schema.yaml"))  # every key is in the schema
 
     path = REPO / "results" / ".pytest_paper_config.yaml"
     try:

@@ -5,15 +5,15 @@ import logging
 
 from snakemake.utils import validate
 
-from fedglioma.config import check_site_table, read_sites_table, site_row
+from fedglioma.config import SCHEMA_DIR, check_site_table, read_sites_table, site_row
 from fedglioma.io.layouts import discover
 from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
 # ---- configuration, validated first -------------------------------------------------------
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema=str(SCHEMA_DIR / "config.schema.yaml"))
 
 _sites_table = read_sites_table(config["sites"])
-validate(_sites_table, schema="../schemas/sites.schema.yaml")
+validate(_sites_table, schema=str(SCHEMA_DIR / "sites.schema.yaml"))
 SITE_ROWS = {
     rec["site"]: site_row(rec) for rec in _sites_table.to_dict(orient="records")
 }

@@ -1,7 +1,7 @@
 """Loading and validating ``config.yaml`` and ``sites.tsv`` outside Snakemake.
 
-The workflow validates with Snakemake's ``validate`` (same schemas, in
-``workflow/schemas/``); the command line uses :func:`load_config` and
+The workflow validates with Snakemake's ``validate`` (same schemas, shipped inside the package in
+``fedglioma/schemas/``, :data:`SCHEMA_DIR`); the command line uses :func:`load_config` and
 :func:`load_sites`, which apply the schema defaults the same way.
 """
 
@@ -21,7 +21,8 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.layouts import DEFAULT_NON_TUMOUR_LABELS, DEFAULT_TUMOUR_LABELS
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+#: The JSON schemas (YAML) of ``config.yaml`` and ``sites.tsv``: package data, so a non-editable install has them.
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 def _schema(name: str) -> dict[str, Any]:
