@@ -25,6 +25,7 @@ import os
 import platform
 import resource
 import runpy
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,6 +178,29 @@ class TreeMonitor:
 # ----------------------------------------------------------------------------------------------- children
 
 
+def _stop(proc: subprocess.Popen[str]) -> str | None:
+    """SIGTERM the child's process group, SIGKILL after 30 s; its remaining output."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()[0]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """``preexec_fn``: the child gets SIGTERM when the benchmark process dies, even by SIGKILL (Linux
+    ``PR_SET_PDEATHSIG``; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_child(
     cmd: Sequence[str],
     *,
@@ -198,7 +222,8 @@ def run_child(
         stdout=out_f,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        start_new_session=True,  # its own process group, so that a timeout or an interrupt stops all of it
+        preexec_fn=_die_with_parent,
     )
     mon = TreeMonitor(proc.pid) if tree else None
     if mon:
@@ -208,12 +233,10 @@ def run_child(
         stdout, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, 15)
-        try:
-            stdout, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            stdout, _ = proc.communicate()
+        stdout = _stop(proc)
+    except BaseException:  # Ctrl-C or SIGTERM of the benchmark: its children go with it
+        _stop(proc)
+        raise
     finally:
         if mon:
             mon.__exit__()

@@ -20,7 +20,9 @@ probability, as in fedglioma. Variants of the fedglioma network: ``fp32`` (eager
 forward and loss), ``compile`` (``torch.compile``, default inductor; compile time reported separately), and
 ``threads`` 1 vs 2. Every child gets an empty ``TORCHINDUCTOR_CACHE_DIR``, so ``compile_s`` is a cold compile
 (with inductor's on-disk cache warm it takes seconds). FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode``; the machine's
-peak is the best of a large matmul (``n = 4096``) in fp32 and bf16 with the same threads.
+peak is the best of a large matmul (``n = 4096``) in fp32 and bf16 with the same threads. On a CPU without
+native bf16 (no AVX512-BF16/AMX) the bf16 variants and the bf16 peak are skipped: torch would emulate them,
+which takes about 10 minutes for the matmul alone and measures nothing about bf16 hardware.
 
 Usage::
 
@@ -219,13 +221,23 @@ def child(c: dict, grid: list[int], batch: int, warmup: int, steps: int, count_f
     return res
 
 
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (the package's one check, oneDNN's). Without it torch emulates bf16:
+    a 4096^3 matmul then takes minutes, and a bf16 training step says nothing about bf16 hardware."""
+    from fedglioma.preprocess.hdbet import bf16_supported
+
+    return bf16_supported("cpu")
+
+
 def peak_child(threads: int, n: int = 4096, reps: int = 3) -> dict[str, Any]:
-    """Best GFLOP/s of an ``n x n`` matmul in fp32 and bf16 with ``threads`` threads."""
+    """Best GFLOP/s of an ``n x n`` matmul in fp32, and in bf16 where it is native (else ``bf16_gflops`` None),
+    with ``threads`` threads."""
     import torch
 
     torch.set_num_threads(threads)
-    out: dict[str, Any] = {"threads": threads, "n": n}
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    out: dict[str, Any] = {"threads": threads, "n": n, "bf16_gflops": None}
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if native_bf16() else [])
+    for name, dt in dtypes:
         a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
         a @ b  # noqa: B018 - warm-up
         best = min(_timed(lambda a=a, b=b: a @ b) for _ in range(reps))
@@ -245,7 +257,7 @@ def _timed(fn: Any) -> float:
 def summarise(results: list[dict], peaks: list[dict], batch: int) -> tuple[list[dict], dict[str, Any]]:
     """Per configuration: medians over repetitions; per-repetition ratios against the references."""
     peak_fp32 = common.median(p["fp32_gflops"] for p in peaks)
-    peak_bf16 = common.median(p["bf16_gflops"] for p in peaks)
+    peak_bf16 = common.median(p["bf16_gflops"] for p in peaks if p.get("bf16_gflops") is not None)
     by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["label"], []).append(r)
@@ -322,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     reps = a.reps or (3 if a.quick else 5)
     steps = a.steps or (2 if a.quick else 3)
     cfgs = configs(a.quick)
+    if not native_bf16():
+        skipped = [label(c) for c in cfgs if c["variant"] == "bf16"]
+        cfgs = [c for c in cfgs if c["variant"] != "bf16"]
+        print(f"[{NAME}] no native bf16 on this CPU: skipped {', '.join(skipped)} and the bf16 peak", flush=True)
     results, peaks = [], []
     me = Path(__file__).resolve()
     for rep in range(reps):
