@@ -35,7 +35,7 @@ from fedglioma.train.augment import augment_batch
 from fedglioma.train.data import subject_of
 from fedglioma.train.metrics import THRESHOLD_GRID
 from fedglioma.train.seeding import generator
-from fedglioma.train.testing import make_tiny_site
+from tests.fixtures.tiny_site import make_tiny_site
 
 MODEL = ModelConfig(width=4, depth=2, dropout=0.1)
 TRAIN = TrainConfig(epochs_per_round=2, batch_size=2, val_fraction=0.3, seed=7)
