@@ -254,3 +254,25 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert e.value.code == 0
     assert "check-inputs" in capsys.readouterr().out
+
+
+def test_one_strict_json_writer_and_reader(tmp_path: Path) -> None:
+    """write_json writes strict JSON (NaN/inf -> null, numpy made plain); read_json names a broken file."""
+    import json
+
+    from fedglioma.atomic import write_json
+    from fedglioma.io.files import read_json
+
+    out = tmp_path / "x.json"
+    write_json(out, {"auc": float("nan"), "n": np.int64(3), "v": np.array([1.5, np.inf]), "p": tmp_path})
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert doc == {"auc": None, "n": 3, "v": [1.5, None], "p": str(tmp_path)}
+    assert read_json(out, what="metrics") == doc
+    out.write_text('{"auc": ')
+    with pytest.raises(InputError, match="metrics is not valid JSON") as err:
+        read_json(out, what="metrics")
+    assert str(out) in str(err.value)
+    with pytest.raises(InputError, match="metrics not found"):
+        read_json(tmp_path / "missing.json", what="metrics")

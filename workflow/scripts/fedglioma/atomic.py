@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,35 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented, key-sorted JSON."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def jsonable(obj: Any) -> Any:
+    """A strict-JSON copy of ``obj``: numpy scalars and arrays become Python values, paths text, mapping keys
+    text, and non-finite floats ``None`` (JSON has no NaN; ``json.dumps`` would write the non-standard ``NaN``).
 
-
-def _json_default(o: Any) -> Any:
+    >>> jsonable({1: [float("nan"), 2.5], "p": Path("a/b")})
+    {'1': [None, 2.5], 'p': 'a/b'}
+    """
     import numpy as np
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj: Any, *, indent: int | None = 2) -> str:
+    """The package's one JSON encoding: :func:`jsonable`, sorted keys, strict (``allow_nan=False``)."""
+    return json.dumps(jsonable(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented, key-sorted, strict JSON (:func:`dumps`)."""
+    write_text(path, dumps(obj) + "\n")

@@ -6,7 +6,6 @@ unpacks from the ``snakemake`` object), so the rules stay thin and the glue is t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from fedglioma.config import SiteRow
 from fedglioma.constants import TASKS
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.clinical import write_site_labels
+from fedglioma.io.files import read_json
 from fedglioma.io.layouts import discover
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,6 @@ def qc_excluded(qc_table: str | None, qc_cfg: Mapping[str, Any]) -> set[str]:
         return set()
     table = pd.read_csv(qc_table, sep="\t", dtype={"subject": str, "flagged": str}, keep_default_na=False)
     return set(table.loc[table["flagged"].str.lower().isin(["true", "1", "yes"]), "subject"])
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 # ---- federated training -----------------------------------------------------------------------
@@ -243,8 +239,8 @@ def training_curves(sidecars: Sequence[str], metrics: Sequence[str], out_tsv: st
     from fedglioma.report.figures import training_curves as _plot
 
     rows = []
-    val = {(d["site"], d["round"]): d for d in map(read_json, metrics)}
-    for side in map(read_json, sidecars):
+    val = {(d["site"], d["round"]): d for d in (read_json(p, what="validation result") for p in metrics)}
+    for side in (read_json(p, what="update sidecar") for p in sidecars):
         site, rnd = side["site"], side["round"]
         v = val.get((site, rnd), {}).get("metrics", {})
         aucs = [a for a in (v.get("auc") or {}).values() if a is not None]
@@ -267,7 +263,7 @@ def training_curves(sidecars: Sequence[str], metrics: Sequence[str], out_tsv: st
 # ---- external evaluation ----------------------------------------------------------------------
 def resolve_model(final: str, models: Sequence[str]) -> tuple[Path, dict[str, Any]]:
     """The model file a ``final.json`` selects, among the candidate files given as rule inputs."""
-    doc = read_json(final)
+    doc = read_json(final, what="model selection (final.json)")
     chosen = doc.get("model")
     if chosen is None and len(models) == 1:
         chosen = models[0]
@@ -320,7 +316,7 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
                          site=site, subject=subject, file=subject_dir, fix="rerun the preprocessing of the subject")
     spacing = tuple(float(v) for v in prob.header.get_zooms()[:3])
     row = {"subject": subject, **segmentation_metrics(pred, truth, spacing)}
-    grid_spacing = tuple(float(v) for v in read_json(grid)["grid_spacing"])
+    grid_spacing = tuple(float(v) for v in read_json(grid, what="network-grid description")["grid_spacing"])
     on_grid = segmentation_metrics(seg_prob >= 0.5, truth_grid, grid_spacing)
     row.update({col: on_grid[col.removesuffix("_grid")] for col in GRID_COLUMNS})
     return row
@@ -402,7 +398,7 @@ def compare(metrics: Sequence[str], predictions: Sequence[str], models: Sequence
     from fedglioma.io.clinical import read_labels
 
     compare_models(
-        {m: read_json(p) for m, p in zip(models, metrics, strict=True)},
+        {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, metrics, strict=True)},
         predictions={m: pd.read_csv(p, sep="\t", dtype={"subject": str}) for m, p in zip(models, predictions, strict=True)},
         labels=read_labels(labels),
         n_boot=int(evaluation_cfg["n_bootstrap"]),
@@ -473,10 +469,10 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
     """Rule ``report``: the standalone HTML report from site-aggregated results only."""
     from fedglioma.report.html import build_report
 
-    metrics = {m: read_json(p) for m, p in zip(models, inputs["metrics"], strict=True)}
+    metrics = {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, inputs["metrics"], strict=True)}
     fed = metrics.get("federated") or {"site": external, "not_applicable": FEDBN_NOT_APPLICABLE,
                                        "model": {"name": "federated"}}
-    qc = [read_json(p) for p in inputs["qc"]]
+    qc = [read_json(p, what="site QC summary") for p in inputs["qc"]]
     exclusions = pd.DataFrame(
         [{"site": q["site"], "subject": e["subject"], "reason": e["reasons"]} for q in qc for e in q["exclusions"]],
         columns=["site", "subject", "reason"],
@@ -492,7 +488,7 @@ def report(inputs: Mapping[str, Any], out_html: str, out_headline: str, *, confi
         comparison = pd.read_csv(inputs["comparison"], sep="\t")
     build_report(
         Path(out_html),
-        cohort=cohort_table([read_json(p) for p in inputs["cohort"]], qc),
+        cohort=cohort_table([read_json(p, what="site cohort summary") for p in inputs["cohort"]], qc),
         qc_exclusions=exclusions,
         qc_images=dict(zip(sites, map(Path, inputs["qc_examples"]), strict=True)),
         training_curves=Path(inputs["curves"]),

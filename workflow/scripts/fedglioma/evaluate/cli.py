@@ -3,46 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 from fedglioma.endpoints import load_endpoints
 from fedglioma.errors import ConfigError, InputError
-
-
-def read_tsv(path: str | Path, *, what: str) -> pd.DataFrame:
-    """Read a TSV (subject IDs as text; empty cells are missing)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} not found", file=p)
-    return pd.read_csv(p, sep="\t", dtype={"subject": str, "site": str}, keep_default_na=True)
-
-
-def read_json(path: str | Path, *, what: str) -> Any:
-    """Read a JSON file, naming it on failure."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} not found", file=p)
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} is not valid JSON ({exc})", file=p) from exc
-
-
-def parse_pairs(items: list[str] | None, *, flag: str) -> dict[str, Path]:
-    """``NAME=PATH`` items -> ``{NAME: Path}`` (names unique)."""
-    out: dict[str, Path] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{flag} expects NAME=PATH, got {item!r}")
-        if name in out:
-            raise ConfigError(f"{flag} names {name!r} twice")
-        out[name] = Path(path)
-    return out
+from fedglioma.io.files import parse_pairs, read_json, read_tsv
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float | None]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedglioma.atomic import jsonable
 from fedglioma.constants import GRADES, TASKS
 from fedglioma.endpoints import POPULATION_LABEL, Endpoints, restrict
 from fedglioma.errors import ConfigError, InputError
@@ -42,21 +43,6 @@ MARKER_LABEL: dict[str, str] = {
 }
 #: Short display name of each marker.
 MARKER_NAME: dict[str, str] = {"idh": "IDH", "codeletion": "1p/19q", "mgmt": "MGMT", "grade": "Grade 4 vs 2-3"}
-
-
-def jsonable(obj: Any) -> Any:
-    """Recursively convert numpy scalars/arrays to Python and non-finite floats to ``None`` (strict JSON)."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str, site: str | None) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from fedglioma.atomic import atomic_path, write_json
+from fedglioma.atomic import atomic_path, dumps, jsonable, write_json
 from fedglioma.constants import ID_PATTERN
 from fedglioma.errors import InputError, UpdateRejected
 
@@ -63,17 +62,6 @@ def spec_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, .
     return {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become ``None``."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
 def save_params(
     path: str | Path,
     tensors: Mapping[str, torch.Tensor],
@@ -95,10 +83,10 @@ def save_params(
     path = Path(path)
     data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     header = {k: sidecar[k] for k in ("kind", "round", "site") if k in sidecar}
-    meta = {"fedglioma": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **header}, sort_keys=True)}
+    meta = {"fedglioma": dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **header}, indent=None)}
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(data, str(tmp), metadata=meta)
-    side = _clean(dict(sidecar))
+    side = jsonable(dict(sidecar))
     side.update(
         sha256=sha256_file(path),
         file=path.name,

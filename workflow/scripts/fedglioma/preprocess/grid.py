@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from fedglioma.atomic import atomic_path
+from fedglioma.atomic import atomic_path, dumps
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess.common import (
@@ -178,7 +178,7 @@ def training_file(
     with atomic_path(json_path) as tmp_json, atomic_path(out_npz, suffix=".npz") as tmp_npz:
         with open(tmp_npz, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        tmp_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        tmp_json.write_text(dumps(info) + "\n")
 
 
 def to_native(

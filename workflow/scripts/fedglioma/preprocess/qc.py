@@ -19,6 +19,7 @@ from fedglioma.atomic import atomic_path, write_json
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.evaluate.metrics import dice
+from fedglioma.io.files import read_json
 from fedglioma.preprocess import qc_measures as measures
 from fedglioma.preprocess.common import (
     REFERENCE,
@@ -326,7 +327,7 @@ def qc_site(rows: list[Path], out_tsv: Path) -> None:
     """Gather QC JSON rows of one site into a TSV (one line per subject, reasons joined by '; ')."""
     records = []
     for p in rows:
-        r = json.loads(Path(p).read_text())
+        r = read_json(p, what="QC row")
         records.append({k: ("; ".join(r[k]) if k == "reasons" else r.get(k)) for k in COLUMNS})
     records.sort(key=lambda r: (str(r["site"]), str(r["subject"])))
     with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as fh:

@@ -162,12 +162,11 @@ def template_transform(source: str, target: str, out_dir: Path, **params: object
     and ``transform.json`` (parameters, the brain-mask Dice of the two templates before and after, seconds).
     Only public templates enter: no site data, so one transform serves every site declared in ``source``.
     """
-    import json
     import time
 
     import ants
 
-    from fedglioma.atomic import atomic_dir
+    from fedglioma.atomic import atomic_dir, dumps
     from fedglioma.preprocess.common import check_unknown_params, to_ants
     from fedglioma.preprocess.registration import register, schedule
 
@@ -200,7 +199,7 @@ def template_transform(source: str, target: str, out_dir: Path, **params: object
             "brain_dice_after": _dice(moved, fm),
             "seconds": round(time.perf_counter() - start, 1),
         }
-        (tmp / "transform.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "transform.json").write_text(dumps(meta) + "\n")
 
 
 def template_transform_file(folder: str | Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedglioma.evaluate.cli import parse_pairs, read_json, read_tsv
+from fedglioma.io.files import parse_pairs, read_json, read_tsv
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ record one). Every file is written atomically; gzip streams carry no name and mt
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fedglioma.atomic import atomic_path, write_text
+from fedglioma.atomic import atomic_path, write_json, write_text
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import ConfigError
 from fedglioma.synth.clinical import STYLES, table_text
@@ -173,7 +172,7 @@ def generate_site(
         "subjects": site_subject_ids(spec, site_index, n_subjects),
         "seed": int(seed),
     }
-    write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_json(out / MANIFEST, manifest)
     log.info("site %s: %d subjects in %.1f s -> %s", spec.name, n_subjects, time.perf_counter() - start, out)
     return out
 

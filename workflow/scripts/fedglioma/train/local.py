@@ -11,7 +11,6 @@ File layout of a round (paths decided by the workflow):
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fedglioma.atomic import write_json
+from fedglioma.atomic import jsonable, write_json
 from fedglioma.constants import BINARY_TASKS, TASKS
 from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
@@ -427,7 +426,7 @@ def validation_doc(
     )
     loss_fn = MultiTaskLoss(train_cfg.task_weights, endpoints)
     result = evaluate_dataset(model, val_ds, loss_fn, device, with_thresholds=True)
-    return _json_safe({"kind": "validation", "round": round, "site": site, **extra, **result})
+    return jsonable({"kind": "validation", "round": round, "site": site, **extra, **result})
 
 
 def validate(
@@ -458,13 +457,3 @@ def validate(
         )
     write_json(out_json, doc)
     return doc
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
