@@ -99,6 +99,42 @@ def scores(table: dict[str, dict[str, float]]) -> dict[str, Any]:
     return res
 
 
+TABLE_KEYS = (("dice_median", "median Dice (IQR)"), ("auc:idh", "AUC IDH"),
+              ("auc:codeletion", "AUC 1p/19q (IDH-mutant)"), ("auc:mgmt", "AUC MGMT"),
+              ("auc:grade", "AUC grade 4 vs 2-3"))
+
+
+def _cell(row: dict[str, str], model: str) -> str:
+    try:
+        v, lo, hi = (float(row[f"{model}{s}"]) for s in ("", "_low", "_high"))
+    except (KeyError, TypeError, ValueError):
+        return "n/a"
+    return f"{v:.2f} ({lo:.2f}-{hi:.2f})" if math.isfinite(v) else "n/a"
+
+
+def markdown_table(keep: Path) -> str:
+    """One row per run and model (federated, centralized, the best local-only by median Dice) from the copied
+    comparison tables: median Dice with its IQR and each AUC with its 95% bootstrap CI, then the ratios."""
+    lines = ["| run | model | " + " | ".join(h for _, h in TABLE_KEYS) + " | mean AUC |",
+             "|---|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
+    for comp in sorted(keep.glob("seed-*_comparison.tsv")):
+        tag = comp.name.removesuffix("_comparison.tsv")
+        with open(comp, newline="") as f:
+            rows = {r["key"]: r for r in csv.DictReader(f, delimiter="\t")}
+        table = read_comparison(comp)
+        sc = scores(table)
+        local = [m for m in table if m.startswith("local-")]
+        best = max(local, key=lambda m: table[m].get("dice_median", -1.0), default=None)
+        for model in ("federated", "centralized", *([best] if best else [])):
+            label = f"{model} (best local-only)" if model == best else model
+            cells = [_cell(rows.get(k, {}), model) for k, _ in TABLE_KEYS]
+            lines.append(f"| {tag} | {label} | " + " | ".join(cells) +
+                         f" | {sc['models'][model]['mean_auc']:.2f} |")
+        lines.append(f"| {tag} | federated / centralized | {sc['ratio_dice_median']:.3f} | | | | | "
+                     f"{sc['ratio_mean_auc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = common.parser(__doc__)
     ap.add_argument("--config", type=Path, default=common.REPO / "config" / "config.yaml")
@@ -109,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="working folder of the runs (default OUT/quality_work)")
     ap.add_argument("--dry-run", action="store_true", help="only plan every run (snakemake -n)")
     ap.add_argument("--timeout", type=float, default=24 * 3600, help="seconds per run")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only render OUT/quality/quality_table.md from the comparison tables already there")
     a = ap.parse_args(argv)
+    if a.table_only:
+        text = markdown_table(a.out / NAME)
+        (a.out / NAME / "quality_table.md").write_text(text)
+        print(text, end="")
+        return 0
     load0 = common.load_avg()
     work = (a.work or (a.out / "quality_work")).resolve()
     (work / "config").mkdir(parents=True, exist_ok=True)
@@ -175,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                  "dry_run": a.dry_run, "config": [str(a.config), str(a.bench_config)]},
                 load0, {"summary": summary, "models": {f"seed-{r['seed']}_{r['strategy']}": r.get("models")
                                                        for r in runs}})
+    if not a.dry_run:
+        (keep / "quality_table.md").write_text(markdown_table(keep))
     return 0
 
 
