@@ -8,6 +8,7 @@ is not processed). The workflow is copied without ``workflow/scripts/fedglioma``
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sysconfig
@@ -19,6 +20,8 @@ import pytest
 from tests.conftest import LAYOUT_LABELS, make_site, write_sites_tsv
 
 REPO = Path(__file__).resolve().parents[2]
+#: the children's environment: no PYTHONPATH, which could put a checkout's package first
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 pytestmark = pytest.mark.slow
 
 
@@ -30,14 +33,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(with_pip=False).create(env)
     py = env / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+                               capture_output=True, text=True, check=True, env=ENV).stdout.strip())
     # the project venv's packages as a plain path: pip, setuptools and every dependency, but not its .pth files
     (site / "zz_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     src = root / "src"  # a clean copy: no egg-info or build folders of the checkout
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "results", ".snakemake", "logs", "*.egg-info", "build", "__pycache__", ".pytest_cache"))
     res = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                          "--target", str(site), "--quiet", str(src)], capture_output=True, text=True, check=False)
+                          "--target", str(site), "--quiet", str(src)], capture_output=True, text=True, check=False,
+                         env=ENV)
     assert res.returncode == 0, res.stdout + res.stderr
     return env / "bin"
 
@@ -46,7 +50,7 @@ def test_package_comes_from_the_install(installed: Path) -> None:
     res = subprocess.run([str(installed / "python"), "-c",
                           "import fedglioma, fedglioma.config as c; print(fedglioma.__file__); "
                           "print(sorted(p.name for p in c.SCHEMA_DIR.iterdir()))"],
-                         capture_output=True, text=True, check=True, cwd="/")
+                         capture_output=True, text=True, check=True, cwd="/", env=ENV)
     origin, schemas = res.stdout.splitlines()
     assert str(installed.parent) in origin and str(REPO) not in origin
     assert schemas == "['config.schema.yaml', 'sites.schema.yaml']"
@@ -60,7 +64,7 @@ def test_check_inputs_and_dry_run_from_the_install(installed: Path, tmp_path: Pa
         {"site": "X", "role": "external", "layout": "egd", "path": str(ext), "clinical": str(ext / "clinical.tsv")},
     ])
     res = subprocess.run([str(installed / "python"), "-m", "fedglioma.cli", "check-inputs", "--sites", str(tsv)],
-                         capture_output=True, text=True, check=False, cwd=tmp_path)
+                         capture_output=True, text=True, check=False, cwd=tmp_path, env=ENV)
     assert res.returncode == 0 and "all inputs OK" in res.stdout, res.stdout + res.stderr
 
     work = tmp_path / "workflow_copy"
@@ -69,6 +73,6 @@ def test_check_inputs_and_dry_run_from_the_install(installed: Path, tmp_path: Pa
     shutil.copy(REPO / "Snakefile", work)
     assert not (work / "workflow" / "scripts" / "fedglioma").exists()
     res = subprocess.run([str(installed / "python"), "-m", "snakemake", "-n", "--quiet", "rules", "--cores", "1"],
-                         capture_output=True, text=True, check=False, cwd=work, timeout=600)
+                         capture_output=True, text=True, check=False, cwd=work, timeout=600, env=ENV)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "local_train" in res.stdout + res.stderr
