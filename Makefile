@@ -17,7 +17,7 @@ help:
 	@echo "make demo   - set up and run the whole pipeline on the synthetic demo cohort"
 	@echo "make test   - set up and run lint checks and the test suite"
 	@echo "make bench-quick - benchmarks 2-5, ~12 min on 2 cores (results/benchmarks/)"
-	@echo "make bench-quality - federated vs centralized vs local-only, 3 seeds x FedAvg/FedProx (~90 min on 2 cores)"
+	@echo "make bench-quality - federated vs centralized vs local-only, 3 seeds x FedAvg/FedProx (~85-100 min on 2 cores)"
 	@echo "make bench  - all benchmarks incl. quality and end to end (hours)"
 
 # torch first: 2.13.0 is a CPU build served locally; a bare `torch` would pull a CUDA build.
