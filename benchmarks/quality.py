@@ -130,8 +130,8 @@ def markdown_table(keep: Path) -> str:
             cells = [_cell(rows.get(k, {}), model) for k, _ in TABLE_KEYS]
             lines.append(f"| {tag} | {label} | " + " | ".join(cells) +
                          f" | {sc['models'][model]['mean_auc']:.2f} |")
-        lines.append(f"| {tag} | federated / centralized | {sc['ratio_dice_median']:.3f} | | | | | "
-                     f"{sc['ratio_mean_auc']:.3f} |")
+        lines.append(f"| {tag} | federated / centralized | {sc['ratio_dice_median']:.3f} |" + " |" * (len(AUCS))
+                     + f" {sc['ratio_mean_auc']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
