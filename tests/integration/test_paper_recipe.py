@@ -130,11 +130,7 @@ def test_recipe_plans_the_papers_cohort(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", res.stdout + res.stderr, re.M)}
     print(f"snakemake -n of {n_sub} subjects, {rounds} rounds: {counts.get('total')} jobs in {wall:.1f} s: {counts}")
-    per_subject = {"import_subject", "coregister", "skullstrip", "register_atlas", "n4", "normalise", "training_file",
-                   "qc_subject"}
-    for rule in per_subject & set(counts):
-        assert counts[rule] == n_sub, (rule, counts[rule])
-    assert counts["training_file"] == n_sub
+    assert counts["preprocess_subject"] == n_sub  # one job per subject for the whole chain
     assert counts["local_train"] == counts["validate"] == n_train_sites * rounds
     assert counts["aggregate"] == rounds
     assert counts["training_set"] == n_train_sites

@@ -5,7 +5,14 @@ import logging
 
 from snakemake.utils import validate
 
-from fedglioma.config import SCHEMA_DIR, check_site_table, read_sites_table, site_row
+from fedglioma.config import (
+    SCHEMA_DIR,
+    check_site_table,
+    layout_options as site_layout_options,
+    read_sites_table,
+    site_row,
+)
+from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
 from fedglioma.io.layouts import discover
 from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
@@ -24,12 +31,6 @@ TRAIN_SITES = [s for s, r in SITE_ROWS.items() if r.role == "train"]
 EXTERNAL_SITE = next(s for s, r in SITE_ROWS.items() if r.is_external)
 DEMO = config["demo"]["enabled"]
 ROUNDS = int(config["federated"]["rounds"])
-
-
-def _layout_options(row):
-    if row.layout == "nnunet":
-        return {"channels": tuple(config["layouts"]["nnunet"]["channels"])}
-    return {}
 
 
 def _demo_subjects():
@@ -73,7 +74,7 @@ def _real_subjects():
     """Subjects found on disk, with their files; problems stop the workflow or are skipped."""
     out, problems = {}, []
     for site, row in SITE_ROWS.items():
-        found = discover(row.path, row.layout, site, **_layout_options(row))
+        found = discover(row.path, row.layout, site, **site_layout_options(row, config))
         problems.extend(found.problems)
         out[site] = {s.subject: s for s in found.subjects}
     if problems:
@@ -104,6 +105,10 @@ wildcard_constraints:
     target="[A-Za-z0-9]+",
 
 
+#: Outputs of one subject's preprocessing (rule preprocess_subject), as wildcard patterns.
+PREP = subject_outputs("results", "{site}", "{subject}").paths()
+
+
 # ---- input functions ------------------------------------------------------------------------
 def get_site_row(wildcards):
     return SITE_ROWS[wildcards.site]
@@ -116,11 +121,12 @@ def get_declared(wildcards):
 
 def get_template_transform(wildcards):
     """The template-to-template transform a site in another template space needs (none otherwise)."""
-    space = SITE_ROWS[wildcards.site].space
-    target = config["preprocess"]["atlas"]["template"]
-    if space in ("native", target):
-        return {}
-    return {"template_transform": f"results/templates/{space}_to_{target}"}
+    folder = template_transform_dir(
+        "results",
+        SITE_ROWS[wildcards.site].space,
+        config["preprocess"]["atlas"]["template"],
+    )
+    return {} if folder is None else {"template_transform": str(folder)}
 
 
 def get_subjects(site):
@@ -175,12 +181,12 @@ def demo_n_subjects(wildcards):
 
 
 def layout_options(wildcards):
-    return _layout_options(SITE_ROWS[wildcards.site])
+    return site_layout_options(SITE_ROWS[wildcards.site], config)
 
 
 def get_site_training_files(wildcards):
     return expand(
-        "results/sites/{site}/prep/sub-{subject}_train.npz",
+        PREP["npz"],
         site=wildcards.site,
         subject=get_subjects(wildcards.site),
     )
@@ -197,7 +203,7 @@ def get_final_targets():
 
 def get_site_qc_rows(wildcards):
     return expand(
-        "results/sites/{site}/qc/sub-{subject}_qc.json",
+        PREP["qc_json"],
         site=wildcards.site,
         subject=get_subjects(wildcards.site),
     )
@@ -310,12 +316,12 @@ def get_evaluation_subjects(wildcards):
 
 def get_evaluate_inputs(wildcards):
     subjects = get_subjects(wildcards.site)
-    prep = f"results/sites/{wildcards.site}/prep"
+    each = dict(site=wildcards.site, subject=subjects)
     return {
         **model_files(wildcards.model),
-        "files": [f"{prep}/sub-{s}_train.npz" for s in subjects],
-        "grids": [f"{prep}/sub-{s}_grid.json" for s in subjects],
-        "steps": [f"{prep}/sub-{s}/06_normalise" for s in subjects],
+        "files": expand(PREP["npz"], **each),
+        "grids": expand(PREP["grid"], **each),
+        "steps": expand(PREP["final"], **each),
         "labels": f"results/sites/{wildcards.site}/labels.tsv",
     }
 

@@ -142,3 +142,10 @@ def load_sites(path: str | Path) -> list[SiteRow]:
         rows.append(site_row(validate(rec, "sites.schema.yaml", what=f"{path} row {i + 2}")))
     check_site_table(rows, file=path)
     return rows
+
+
+def layout_options(row: SiteRow, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Options of site ``row``'s layout from the config's ``layouts`` section (the nnU-Net channel order)."""
+    if row.layout == "nnunet":
+        return {"channels": tuple(config["layouts"]["nnunet"]["channels"])}
+    return {}

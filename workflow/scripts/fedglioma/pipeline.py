@@ -21,7 +21,6 @@ from fedglioma.constants import TASKS
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.clinical import write_site_labels
 from fedglioma.io.files import read_json
-from fedglioma.io.layouts import discover
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +49,7 @@ def site_labels_and_summary(row: SiteRow, clinical_cfg: Mapping[str, Any] | None
     write_json(out_summary, cohort_summary(labels, site=row.site, role=row.role))
 
 
-# ---- preprocessing ---------------------------------------------------------------------------
-def import_subject(row: SiteRow, subject: str, out_dir: str, layout_options: Mapping[str, Any] | None = None) -> None:
-    """Rule ``import_subject``: find the subject's files in the site layout and import them."""
-    from fedglioma.preprocess.importing import import_subject as _import
-
-    found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
-    match = [s for s in found.subjects if s.subject == subject]
-    if not match:
-        problems = [str(p) for p in found.problems if p.subject == subject]
-        raise InputError("subject not found or incomplete" + (f" ({'; '.join(problems)})" if problems else ""),
-                         site=row.site, subject=subject, file=row.path, fix="run `fedglioma check-inputs`")
-    s = match[0]
-    _import(s.images, s.seg, row.tumour_labels, Path(out_dir), site=row.site, subject=subject,
-            non_tumour_labels=row.non_tumour_labels, declared=row.declared)
-
-
-def training_file(in_dir: str, out_npz: str, out_grid: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
-    from fedglioma.preprocess.grid import training_file as _step
-
-    _step(Path(in_dir), Path(out_npz), site=site, subject=subject, grid_json=Path(out_grid), **cfg)
-
-
-def qc_subject(step_dir: str, out_png: str, out_json: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
-    from fedglioma.preprocess.qc import qc as _qc
-
-    _qc(Path(step_dir).parent, Path(out_png), Path(out_json), thresholds=dict(cfg.get("thresholds") or {}), site=site,
-        subject=subject)
-
-
+# ---- preprocessing -----------------------------------------------------------------------------
 def qc_site(rows: Sequence[str], out_tsv: str, out_summary: str, out_example: str, *, site: str,
             cfg: Mapping[str, Any]) -> None:
     """Rule ``qc_site``: the site's QC table, an aggregated summary, and one example overlay."""

@@ -84,6 +84,29 @@ def _step_handler(step: str) -> Any:
 # --------------------------------------------------------------------------- handlers
 
 
+def _cmd_subject(a: argparse.Namespace) -> int:
+    """The whole chain of one subject, as rule ``preprocess_subject`` runs it (same function, same arguments)."""
+    from fedglioma.config import layout_options, load_config, load_sites
+    from fedglioma.preprocess.chain import preprocess_subject, subject_outputs, template_transform_dir
+
+    config = load_config(a.config)
+    sites_file = a.sites or Path(config["sites"])
+    rows = {r.site: r for r in load_sites(sites_file)}
+    if a.site not in rows:
+        raise ConfigError(f"site {a.site!r} is not in {sites_file} (sites: {', '.join(rows)})")
+    row = rows[a.site]
+    transform = a.template_transform or template_transform_dir(a.results, row.space,
+                                                               config["preprocess"]["atlas"]["template"])
+    if transform is not None and not Path(transform).is_dir():
+        raise ConfigError(f"site {a.site} is in {row.space} space and needs the template transform {transform}; "
+                          f"fix: run `fedglioma template-transform {row.space} "
+                          f"{config['preprocess']['atlas']['template']} {transform}` first")
+    preprocess_subject(row=row, subject=a.subject, out=subject_outputs(a.results, a.site, a.subject),
+                       preprocess=config["preprocess"], qc=config["qc"], layout_options=layout_options(row, config),
+                       template_transform=transform)
+    return 0
+
+
 def _cmd_import(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.importing import import_subject
 
@@ -184,6 +207,19 @@ def _cmd_to_native(a: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the preprocessing subcommands to ``subparsers``; each sets ``func`` (args -> exit code)."""
+    p = subparsers.add_parser(
+        "preprocess-subject",
+        help="the whole preprocessing of one subject (what rule preprocess_subject runs): step folders, "
+             "training file, QC; keeps the step folders whose parameters did not change",
+    )
+    _add_ids(p)
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="config.yaml (default: %(default)s)")
+    p.add_argument("--sites", type=Path, default=None, help="sites.tsv (default: the config's `sites`)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
+    p.add_argument("--template-transform", type=Path, default=None,
+                   help="for a site in another template space (default: results/templates/SPACE_to_TEMPLATE)")
+    p.set_defaults(func=_cmd_subject)
+
     p = subparsers.add_parser("preprocess-import", help="import one subject (checks, tumour mask, RAS)")
     p.add_argument("out_dir", type=Path)
     _add_ids(p)

@@ -1,0 +1,188 @@
+"""The whole preprocessing of one subject as one job, resumable step by step.
+
+One Snakemake job per subject (rule ``preprocess_subject``) and the subcommand ``fedglioma preprocess-subject``
+both call :func:`preprocess_subject`: import, co-registration, skull stripping, atlas registration, N4 and
+normalisation each write their atomic step folder (``01_import`` ... ``06_normalise``) as before, then the
+network-grid training file and the QC figure and row are written.
+
+The step folders are checkpoints. After a step has written its folder, a small stamp
+``sub-{subject}/.{folder}.json`` records a key: a hash of the step's name, its parameters, what the site
+declared, the template transform (by content), the previous step's key and the package version (for the import:
+the raw files' paths, sizes and modification times). A rerun keeps every step whose stamp holds the key it would
+compute now and redoes the first step whose key changed, and all steps after it. So an interrupted job resumes
+where it stopped, and a changed ``preprocess.n4`` redoes N4 and normalisation only.
+
+Why one job and not one per step: at the paper's size (2,018 subjects) eight jobs per subject made most of the
+DAG (planning time) and, on a small machine, each job's start-up (Python, ANTs, torch imports) cost more than
+the short steps themselves (docs/benchmarks.md, "DAG scaling").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedglioma import __version__
+from fedglioma.atomic import dumps, write_json
+from fedglioma.config import SiteRow
+from fedglioma.errors import InputError
+from fedglioma.io.files import read_json
+from fedglioma.io.layouts import discover
+
+log = logging.getLogger(__name__)
+
+#: (step, folder, config section under ``preprocess``) in the order they run. ``import`` has no section.
+CHAIN: tuple[tuple[str, str, str | None], ...] = (
+    ("import", "01_import", None),
+    ("coregister", "02_coreg", "coregister"),
+    ("skullstrip", "03_skullstrip", "skullstrip"),
+    ("register_atlas", "04_atlas", "atlas"),
+    ("n4", "05_n4", "n4"),
+    ("normalise", "06_normalise", "normalise"),
+)
+#: The last step folder: what training files, QC and the mapping back to native space read.
+FINAL_FOLDER = CHAIN[-1][1]
+
+
+@dataclass(frozen=True)
+class SubjectOutputs:
+    """Where one subject's preprocessing writes, under the results folder (the rule's outputs)."""
+
+    subject_dir: Path
+    npz: Path
+    grid: Path
+    qc_png: Path
+    qc_json: Path
+
+    @property
+    def final(self) -> Path:
+        return self.subject_dir / FINAL_FOLDER
+
+    def paths(self) -> dict[str, str]:
+        """Every output path by name, the final step folder as ``final`` (for the rule's ``output:``)."""
+        return {**{k: str(v) for k, v in asdict(self).items()}, "final": str(self.final)}
+
+
+def subject_outputs(results: str | Path, site: str, subject: str) -> SubjectOutputs:
+    """Output paths of one subject (``site``/``subject`` may be Snakemake wildcards such as ``{site}``)."""
+    root = Path(results) / "sites" / site
+    return SubjectOutputs(
+        subject_dir=root / "prep" / f"sub-{subject}",
+        npz=root / "prep" / f"sub-{subject}_train.npz",
+        grid=root / "prep" / f"sub-{subject}_grid.json",
+        qc_png=root / "qc" / f"sub-{subject}_qc.png",
+        qc_json=root / "qc" / f"sub-{subject}_qc.json",
+    )
+
+
+def template_transform_dir(results: str | Path, space: str, target: str) -> Path | None:
+    """The folder of the template-to-template transform a site in ``space`` needs (None: native or ``target``)."""
+    if space in ("native", target):
+        return None
+    return Path(results) / "templates" / f"{space}_to_{target}"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(dumps(obj, indent=None).encode()).hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """Content hash of a (small) folder, e.g. the template transform."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _stamp(subject_dir: Path, folder: str) -> Path:
+    return subject_dir / f".{folder}.json"
+
+
+def _done(subject_dir: Path, folder: str, key: str) -> bool:
+    """Whether ``folder`` holds the output of the step as it would run now (stamp with the same key)."""
+    stamp = _stamp(subject_dir, folder)
+    if not ((subject_dir / folder).is_dir() and stamp.is_file()):
+        return False
+    with contextlib.suppress(Exception):
+        return bool(read_json(stamp, what="step stamp").get("key") == key)
+    return False
+
+
+def _raw_files(row: SiteRow, subject: str, layout_options: Mapping[str, Any]) -> tuple[dict[str, Path], Path | None]:
+    """The subject's raw images (by modality) and label map, found in the site's layout."""
+    found = discover(row.path, row.layout, row.site, **dict(layout_options))
+    match = [s for s in found.subjects if s.subject == subject]
+    if not match:
+        problems = [str(p) for p in found.problems if p.subject == subject]
+        raise InputError("subject not found or incomplete" + (f" ({'; '.join(problems)})" if problems else ""),
+                         site=row.site, subject=subject, file=row.path, fix="run `fedglioma check-inputs`")
+    return {m: Path(p) for m, p in match[0].images.items()}, (Path(match[0].seg) if match[0].seg else None)
+
+
+def _file_facts(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def preprocess_subject(row: SiteRow, subject: str, out: SubjectOutputs, *, preprocess: Mapping[str, Any],
+                       qc: Mapping[str, Any], layout_options: Mapping[str, Any] | None = None,
+                       template_transform: str | Path | None = None) -> None:
+    """Preprocess one subject of site ``row``: the six step folders (resuming), training file, QC figure and row.
+
+    Args:
+        row: the site's ``sites.tsv`` row (layout, path, labels, what it declares).
+        subject: subject ID.
+        out: output paths (:func:`subject_outputs`).
+        preprocess: the ``preprocess`` section of the config (a section per step, and ``grid``).
+        qc: the ``qc`` section of the config.
+        layout_options: options of the site's layout (``nnunet`` channels).
+        template_transform: folder of the template-to-template transform, for a site in another template space.
+    """
+    from fedglioma.preprocess.grid import training_file
+    from fedglioma.preprocess.importing import import_subject
+    from fedglioma.preprocess.qc import qc as qc_subject
+    from fedglioma.preprocess.steps import run_step
+
+    site, declared = row.site, row.declared
+    transform = Path(template_transform) if template_transform is not None else None
+    raw, seg = _raw_files(row, subject, layout_options or {})
+    key = _digest({
+        "step": "import", "version": __version__, "declared": asdict(declared),
+        "raw": {m: _file_facts(p) for m, p in sorted(raw.items())}, "seg": _file_facts(seg) if seg else None,
+        "tumour_labels": list(row.tumour_labels), "non_tumour_labels": list(row.non_tumour_labels),
+    })
+    out.subject_dir.mkdir(parents=True, exist_ok=True)
+    previous: Path | None = None
+    redo = False
+    for step, folder, section in CHAIN:
+        if step != "import":
+            params = dict(preprocess.get(section or step) or {})
+            key = _digest({"step": step, "previous": key, "params": params, "declared": asdict(declared),
+                           "template_transform": _folder_digest(transform)
+                           if (step == "register_atlas" and transform is not None) else None})
+        target = out.subject_dir / folder
+        if not redo and _done(out.subject_dir, folder, key):
+            log.info("%s/%s: %s kept (%s is up to date)", site, subject, step, folder)
+        else:
+            redo = True  # every later step reads this one: redo them all
+            _stamp(out.subject_dir, folder).unlink(missing_ok=True)
+            log.info("%s/%s: %s -> %s", site, subject, step, folder)
+            if step == "import":
+                import_subject(raw, seg, row.tumour_labels, target, site=site, subject=subject,
+                               non_tumour_labels=row.non_tumour_labels, declared=declared)
+            else:
+                assert previous is not None
+                run_step(step, previous, target, site=site, subject=subject, params=params, declared=declared,
+                         template_transform=transform if step == "register_atlas" else None)
+            write_json(_stamp(out.subject_dir, folder), {"step": step, "key": key})
+        previous = target
+    training_file(out.final, out.npz, site=site, subject=subject, grid_json=out.grid,
+                  **dict(preprocess.get("grid") or {}))
+    qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc.get("thresholds") or {}), site=site,
+               subject=subject)
