@@ -50,7 +50,7 @@ setup-realdata: $(REALDATA_STAMP)
 
 demo: $(STAMP)
 	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
-	@$(BIN)/fedglioma headline --metrics results/report/metrics.json --synthetic
+	@$(BIN)/fedglioma report headline --metrics results/report/metrics.json --synthetic
 	@echo "Report: $(CURDIR)/results/report/index.html"
 
 lint: $(STAMP)

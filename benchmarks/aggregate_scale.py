@@ -1,4 +1,4 @@
-"""Aggregation scale: wall time and peak memory of ``fedglioma aggregate`` for 2, 8, 32 and 128 sites.
+"""Aggregation scale: wall time and peak memory of ``fedglioma federated aggregate`` for 2, 8, 32 and 128 sites.
 
 Model sizes: ``demo`` (the ``model:`` section of ``config/config.yaml``) and ``full`` (width 16, depth 4, the
 documented full size). Update files are written with ``fedglioma.federated.exchange.save_params``: random float32
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         facts[size] = {**m, **common.last_json_line(r["stdout"]), "setup_s": r["wall_s"]}
         print(f"[{NAME}] {size}: {facts[size]}", flush=True)
     cfg_file = work / "config.yaml"
-    cfg_file.write_text("federated:\n  strategy: fedavg\n")
+    cfg_file.write_text(f"sites: {work / 'sites.tsv'}\nfederated:\n  strategy: fedavg\n")
     fg = common.BIN / "fedglioma"
 
     jobs = [("startup", "-", 0)] + [(size, st, n) for size in sizes for st in strategies for n in a.sites]
@@ -113,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / "out" / f"{size}-{st}-{n}"
                 ups = [d / "round-1" / f"site-S{i:03d}" / "update.safetensors" for i in range(n)]
                 r = common.run_script_measured(
-                    fg, ["aggregate", "--config", str(cfg_file), "--strategy", st, "--round", "1",
-                         "--prev", str(d / "round-0" / "global.safetensors"), "--out", str(out / "global.safetensors"),
-                         "--state-out", str(out / "server_state.safetensors"), *map(str, ups)],
+                    fg, ["federated", "aggregate", "--config", str(cfg_file), "--set", f"federated.strategy={st}",
+                         "--round", "1", "--previous", str(d / "round-0" / "global.safetensors"),
+                         "--model", str(out / "global.safetensors"), "--meta", str(out / "global.json"),
+                         "--server-state", str(out / "server_state.safetensors"),
+                         "--server-state-meta", str(out / "server_state.json"),
+                         "--updates", *map(str, ups), "--update-metas", *(str(u.with_suffix(".json")) for u in ups)],
                     env=env, timeout=1800)
             if r["rc"] != 0:
                 raise SystemExit(f"aggregate {size} {st} {n} failed:\n{r.get('stdout', '')[-3000:]}")

@@ -8,7 +8,7 @@ Peak memory: Linux keeps a process's peak RSS across ``exec`` (``ru_maxrss`` of 
 starts at the parent's size), so a child reports its own peak from ``/proc/self/status`` ``VmHWM`` (per address
 space, reset by ``exec``). Python console scripts (``fedglioma``, ``snakemake``) are run through this module::
 
-    python benchmarks/common.py --peak-json OUT.json -- .venv/bin/fedglioma aggregate ...
+    python benchmarks/common.py --peak-json OUT.json -- .venv/bin/fedglioma federated aggregate ...
 
 which runs the script in-process and writes its exit code, wall seconds and ``VmHWM`` to ``OUT.json``.
 Commands that start their own children (a whole workflow) are watched with :class:`TreeMonitor` instead (sum of

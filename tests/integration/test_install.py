@@ -2,7 +2,7 @@
 
 The package is built and installed without ``-e`` into a fresh virtual environment. Its dependencies come from
 the project's ``.venv`` as a plain path entry (so the ``.venv``'s editable ``.pth``, which points at the checkout,
-is not processed). The workflow is copied without ``workflow/scripts/fedglioma``; ``fedglioma check-inputs`` and
+is not processed). The workflow is copied without ``workflow/scripts/fedglioma``; ``fedglioma cohort check-inputs`` and
 ``snakemake -n`` must then run from the installed package alone.
 """
 
@@ -63,7 +63,7 @@ def test_check_inputs_and_dry_run_from_the_install(installed: Path, tmp_path: Pa
          "clinical": str(train / "clinical.tsv"), "tumour_labels": ",".join(map(str, LAYOUT_LABELS["brats2021"]))},
         {"site": "X", "role": "external", "layout": "egd", "path": str(ext), "clinical": str(ext / "clinical.tsv")},
     ])
-    res = subprocess.run([str(installed / "python"), "-m", "fedglioma.cli", "check-inputs", "--sites", str(tsv)],
+    res = subprocess.run([str(installed / "python"), "-m", "fedglioma.cli", "cohort", "check-inputs", "--sites", str(tsv)],
                          capture_output=True, text=True, check=False, cwd=tmp_path, env=ENV)
     assert res.returncode == 0 and "all inputs OK" in res.stdout, res.stdout + res.stderr
 

@@ -5,7 +5,7 @@ BraTS 2023 and UPENN-GBM skull-stripped in SRI24 (240x240x155, 1 mm), UCSF-PDGM 
 co-registered in its own grid, EGD skull-stripped in MNI152 (the network's template), and a raw hospital
 export with skull, each sequence on its own thick-slice grid. One subject per site, through Snakemake;
 what each site declared must show as skipped steps in state.json and in the QC table, and
-``fedglioma check-inputs`` must accept every site.
+``fedglioma cohort check-inputs`` must accept every site.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_one_template_transform_serves_every_sri24_site(run) -> None:
 def test_check_inputs_accepts_every_site(run) -> None:
     work, _ = run
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    res = subprocess.run([str(BIN / "fedglioma"), "check-inputs", "--sites", "config/sites.tsv", "--config",
+    res = subprocess.run([str(BIN / "fedglioma"), "cohort", "check-inputs", "--sites", "config/sites.tsv", "--config",
                           "config/config.yaml"], cwd=work, capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     for site, _ in SITES:

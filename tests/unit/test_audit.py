@@ -1,4 +1,4 @@
-"""``fedglioma audit-scope`` on hand-made jobs and on a deliberately leaky workflow."""
+"""``fedglioma workflow audit-scope`` on hand-made jobs and on a deliberately leaky workflow."""
 
 from __future__ import annotations
 

@@ -170,11 +170,17 @@ def test_subcommand_and_rule_reach_the_step_the_same_way(tmp_path, monkeypatch, 
         calls.append((a, k))
 
     monkeypatch.setattr(importlib.import_module(module), name, record)
-    params = {"iterations": [1]}
-    (tmp_path / "in").mkdir()  # a step folder (skullstrip also takes a single NIfTI file)
+    section = {"register_atlas": "atlas"}.get(step, step)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"sites: {tsv}\n")
+    from fedglioma.config import load_config
+
+    params = dict(load_config(cfg, overrides=[f"preprocess.{section}.iterations=[1]"])["preprocess"][section])
+    (tmp_path / "in").mkdir()
     xfm = ["--template-transform", str(tmp_path / "t")] if step == "register_atlas" else []
-    assert main([command, str(tmp_path / "in"), str(tmp_path / "out"), "--site", "BraTS", "--subject", SUB,
-                 "--sites", str(tsv), "--params", json.dumps(params), *xfm]) == 0
+    assert main(["preprocess", command, str(tmp_path / "in"), str(tmp_path / "out"), "--site", "BraTS",
+                 "--subject", SUB, "--sites", str(tsv), "--config", str(cfg),
+                 "--set", f"preprocess.{section}.iterations=[1]", *xfm]) == 0
     # what the chain of rule preprocess_subject passes (fedglioma.preprocess.chain): params=the config section,
     # the row's declaration
     steps.run_step(step, tmp_path / "in", tmp_path / "out", site="BraTS", subject=SUB, params=params,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -29,7 +28,6 @@ from fedglioma.federated import (
     sha256_file,
     split_params,
 )
-from fedglioma.federated import cli as fed_cli
 from fedglioma.federated.exchange import spec_of
 
 SPEC_TENSORS = {"a.weight": torch.zeros(2, 3), "a.norm.weight": torch.ones(3), "b": torch.zeros(4)}
@@ -362,21 +360,21 @@ def test_youden_resolves_saturated_probabilities(tmp_path: Path) -> None:
 
 
 def test_cli_aggregate(tmp_path: Path, prev_global: Path) -> None:
-    parser = argparse.ArgumentParser()
-    fed_cli.register(parser.add_subparsers())
+    """`fedglioma federated aggregate` (the aggregate rule's step) with --config and a --set override."""
+    from fedglioma.cli import main
+
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("federated:\n  strategy: median\n  site_local_patterns: ['*.norm*']\n")
+    cfg.write_text("sites: s.tsv\nfederated:\n  strategy: median\n  site_local_patterns: ['*.norm*']\n")
     ups = [_write_update(tmp_path, s, 1, _good(tmp_path, value=v)) for s, v in (("A", 1.0), ("B", 2.0), ("C", 9.0))]
     out = tmp_path / "g1.safetensors"
-    args = parser.parse_args(
-        ["aggregate", "--config", str(cfg), "--round", "1", "--prev", str(prev_global), "--out", str(out)]
-        + [str(u) for u in ups]
-    )
-    assert args.func(args) == 0
+
+    def argv(*extra: str) -> list[str]:
+        return ["federated", "aggregate", "--config", str(cfg), *extra, "--round", "1", "--previous", str(prev_global),
+                "--model", str(out), "--meta", str(out.with_suffix(".json")),
+                "--server-state", str(tmp_path / "s1.safetensors"), "--server-state-meta", str(tmp_path / "s1.json"),
+                "--updates", *map(str, ups), "--update-metas", *(str(u.with_suffix(".json")) for u in ups)]
+
+    assert main(argv()) == 0
     assert load_params(out)[0]["b"].tolist() == [2.0] * 4
-    args = parser.parse_args(
-        ["aggregate", "--strategy", "fedavg", "--round", "1", "--prev", str(prev_global), "--out", str(out)]
-        + [str(u) for u in ups]
-    )
-    with pytest.raises(UpdateRejected, match="missing parameters: a.norm.weight"):  # norm weights now shared
-        args.func(args)
+    # norm weights now shared: the updates lack them
+    assert main(argv("--set", "federated.strategy=fedavg", "--set", "federated.site_local_patterns=[]")) == 1

@@ -1,4 +1,4 @@
-"""Input contract: layouts, clinical harmonisation and ``fedglioma check-inputs``."""
+"""Input contract: layouts, clinical harmonisation and ``fedglioma cohort check-inputs``."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def _sites_for(tmp_path: Path, layout: str = "brats2021") -> tuple[Path, Path]:
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_check_inputs_ok(tmp_path: Path, layout: str, capsys: pytest.CaptureFixture[str]) -> None:
     tsv, _ = _sites_for(tmp_path, layout)
-    assert main(["check-inputs", "--sites", str(tsv)]) == 0
+    assert main(["cohort", "check-inputs", "--sites", str(tsv)]) == 0
     out = capsys.readouterr().out
     assert "all inputs OK" in out and LAYOUT_IDS[layout][0] in out and "T1,T1c,T2,FLAIR" in out
 
@@ -209,7 +209,7 @@ def test_check_inputs_lists_every_problem(tmp_path: Path, capsys: pytest.Capture
     (train / "BraTS2021_00009").mkdir()  # listed in clinical table, no images
     with (train / "clinical.tsv").open("a") as f:
         f.write("BraTS2021_00099\tmutant\t\t\t2\n")
-    assert main(["check-inputs", "--sites", str(tsv)]) == 1
+    assert main(["cohort", "check-inputs", "--sites", str(tsv)]) == 1
     out = capsys.readouterr().out
     assert f"subject {s1}, file {train / s1 / f'{s1}_t2.nii.gz'}: modality T2 missing" in out
     assert f"subject {s2}, file {train / s2 / f'{s2}_flair.nii.gz'}: image data are truncated" in out
@@ -224,7 +224,7 @@ def test_check_inputs_not_nifti_and_bad_labels(tmp_path: Path, capsys: pytest.Ca
     seg = np.zeros((8, 9, 10), np.uint8)
     seg[3, 3, 3] = 3  # BraTS 2021 has no label 3
     write_nifti(train / s2 / f"{s2}_seg.nii.gz", seg)
-    assert main(["check-inputs", "--sites", str(tsv)]) == 1
+    assert main(["cohort", "check-inputs", "--sites", str(tsv)]) == 1
     out = capsys.readouterr().out
     assert f"site A, subject {s1}" in out and "cannot be read as NIfTI" in out
     assert f"site A, subject {s2}" in out and "label value(s) [3]" in out
@@ -234,7 +234,7 @@ def test_check_inputs_seg_grid_mismatch(tmp_path: Path, capsys: pytest.CaptureFi
     tsv, train = _sites_for(tmp_path)
     s1 = LAYOUT_IDS["brats2021"][0]
     write_nifti(train / s1 / f"{s1}_seg.nii.gz", np.zeros((8, 9, 11), np.uint8))
-    assert main(["check-inputs", "--sites", str(tsv)]) == 1
+    assert main(["cohort", "check-inputs", "--sites", str(tsv)]) == 1
     assert "segmentation grid" in capsys.readouterr().out
 
 
@@ -251,7 +251,7 @@ def test_sites_table_rules(tmp_path: Path) -> None:
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
+        main(["cohort", "--help"])
     assert e.value.code == 0
     assert "check-inputs" in capsys.readouterr().out
 

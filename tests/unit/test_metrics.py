@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
@@ -505,7 +504,8 @@ def test_site_figures_and_overlays(tmp_path, site_data: tuple[pd.DataFrame, ...]
 
 
 def test_cli_metrics_and_compare(tmp_path, site_data: tuple[pd.DataFrame, ...]) -> None:
-    from fedglioma.evaluate import cli
+    """`fedglioma evaluate metrics` (from tables) and `evaluate compare` (the compare rule's step), with --config."""
+    from fedglioma.cli import main
 
     preds, labels, seg = site_data
     preds.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
@@ -516,52 +516,19 @@ def test_cli_metrics_and_compare(tmp_path, site_data: tuple[pd.DataFrame, ...]) 
             {"round": 3, "thresholds": {"idh": {"threshold": 0.45, "youden": 0.3}, "grade4": {"threshold": 0.5}}}
         )
     )
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "metrics",
-            "--predictions",
-            str(tmp_path / "p.tsv"),
-            "--labels",
-            str(tmp_path / "l.tsv"),
-            "--seg",
-            str(tmp_path / "s.tsv"),
-            "--thresholds",
-            str(tmp_path / "final.json"),
-            "--out",
-            str(tmp_path / "m.json"),
-            "--figures",
-            str(tmp_path / "fig"),
-            "--site",
-            "Ext",
-            "--n-boot",
-            "200",
-        ]
-    )
-    assert args.func(args) == 0
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("sites: s.tsv\nevaluation:\n  n_bootstrap: 200\n")
+    assert main(["evaluate", "metrics", "--predictions", str(tmp_path / "p.tsv"), "--labels", str(tmp_path / "l.tsv"),
+                 "--seg", str(tmp_path / "s.tsv"), "--thresholds", str(tmp_path / "final.json"),
+                 "--out", str(tmp_path / "m.json"), "--figures", str(tmp_path / "fig"), "--site", "Ext",
+                 "--config", str(cfg)]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["markers"]["idh"]["threshold"] == 0.45 and m["markers"]["grade"]["threshold"] == 0.5
     assert m["markers"]["idh"]["n"] == 70
     assert _is_png(tmp_path / "fig" / "roc.png")
-    args = parser.parse_args(
-        [
-            "compare",
-            "--metrics",
-            f"federated={tmp_path / 'm.json'}",
-            "--metrics",
-            f"centralized={tmp_path / 'm.json'}",
-            "--predictions",
-            f"federated={tmp_path / 'p.tsv'}",
-            "--predictions",
-            f"centralized={tmp_path / 'p.tsv'}",
-            "--labels",
-            str(tmp_path / "l.tsv"),
-            "--out",
-            str(tmp_path / "c.tsv"),
-            "--n-boot",
-            "100",
-        ]
-    )
-    assert args.func(args) == 0
+    assert main(["evaluate", "compare", "--config", str(cfg), "--set", "evaluation.n_bootstrap=100",
+                 "--metrics", str(tmp_path / "m.json"), str(tmp_path / "m.json"),
+                 "--predictions", str(tmp_path / "p.tsv"), str(tmp_path / "p.tsv"),
+                 "--models", "federated", "centralized", "--labels", str(tmp_path / "l.tsv"),
+                 "--table", str(tmp_path / "c.tsv"), "--site", "Ext"]) == 0
     assert "p_federated_vs_centralized" in pd.read_csv(tmp_path / "c.tsv", sep="\t").columns

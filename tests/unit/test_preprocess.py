@@ -494,35 +494,35 @@ def test_qc_row_figure_and_site_table(chain, tmp_path) -> None:
     flagged = qc(chain["subject_dir"], tmp_path / "b.png", tmp_path / "b.json",
                  thresholds={"brain_ml_max": 1000, "min_ventricle_contrast": 100})
     assert flagged["flagged"] and len(flagged["reasons"]) == 2
-    qc_site([js, tmp_path / "b.json"], tmp_path / "site_qc.tsv")
+    qc_site([str(js), str(tmp_path / "b.json")], str(tmp_path / "site_qc.tsv"), str(tmp_path / "qc_summary.json"),
+            str(tmp_path / "example.png"), site=SITE, qc_cfg={"exclude_flagged": True})
     lines = (tmp_path / "site_qc.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["site", "subject", "brain_volume_ml"] and len(lines) == 3
     assert "brain volume" in lines[2] or "brain volume" in lines[1]
+    summary = json.loads((tmp_path / "qc_summary.json").read_text())
+    assert (summary["n"], summary["n_flagged"], len(summary["exclusions"])) == (2, 1, 1)
+    assert (tmp_path / "example.png").read_bytes() == png.read_bytes()  # the unflagged subject's figure
 
 
 # --------------------------------------------------------------------------- command line
 
 
 def test_cli_subcommands(chain, tmp_path) -> None:
-    import argparse
+    """One step on one folder with its config section (--set overrides it), and the mapping back to native."""
+    from fedglioma.cli import main
 
-    from fedglioma.preprocess.cli import register
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
     s = chain["subject_dir"]
-    args = parser.parse_args(["normalise", str(s / "05_n4"), str(tmp_path / "06"), "--site", SITE, "--subject", SUB,
-                              "--params", '{"method": "percentile", "percentiles": [1, 99]}'])
-    assert args.func(args) == 0
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("sites: s.tsv\n")
+    assert main(["preprocess", "normalise", str(s / "05_n4"), str(tmp_path / "06"), "--site", SITE, "--subject", SUB,
+                 "--config", str(cfg), "--set", "preprocess.normalise.method=percentile",
+                 "--set", "preprocess.normalise.percentiles=[1, 99]"]) == 0
     rec = read_state(tmp_path / "06", **IDS).step("normalise")
     assert rec is not None and rec["params"]["method"] == "percentile"
     np.save(tmp_path / "tum.npy", np.load(chain["npz"])["tumour"])
-    args = parser.parse_args(["to-native", str(tmp_path / "tum.npy"), str(s), str(chain["npz"].with_name(f"sub-{SUB}_grid.json")),
-                              str(tmp_path / "tum.nii.gz"), "--label"])
-    assert args.func(args) == 0 and (tmp_path / "tum.nii.gz").is_file()
-    names = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    assert {"preprocess-import", "coregister", "skullstrip", "register-atlas", "n4", "normalise", "training-file",
-            "qc", "qc-site", "to-native"} <= names
+    assert main(["preprocess", "to-native", str(tmp_path / "tum.npy"), str(s),
+                 str(chain["npz"].with_name(f"sub-{SUB}_grid.json")), str(tmp_path / "tum.nii.gz"), "--label"]) == 0
+    assert (tmp_path / "tum.nii.gz").is_file()
 
 
 # --------------------------------------------------------------------------- HD-BET itself (slow)

@@ -3,7 +3,6 @@ headless-Chromium render."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import re
@@ -247,51 +246,13 @@ def test_training_curves_png_with_nan(inputs: dict) -> None:
         training_curves(inputs["rows"].drop(columns="val_dice"), inputs["dir"] / "bad.png")
 
 
-def test_report_cli(inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fedglioma.report import cli
+def test_headline_cli(inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedglioma report headline` prints the headline table (the report itself is the workflow step
+    `report html`, tested with every other step in tests/unit/test_registry.py and the integration workflow)."""
+    from fedglioma.cli import main
 
     (tmp_path / "m.json").write_text(json.dumps(inputs["metrics"]))
-    inputs["cohort"].to_csv(tmp_path / "cohort.tsv", sep="\t", index=False, na_rep="")
-    inputs["qc_ex"].to_csv(tmp_path / "qc.tsv", sep="\t", index=False)
-    inputs["rows"].to_csv(tmp_path / "rows.tsv", sep="\t", index=False, na_rep="")
-    inputs["comparison"].to_csv(tmp_path / "cmp.tsv", sep="\t", index=False, na_rep="")
-    (tmp_path / "prov.json").write_text(json.dumps(inputs["provenance"]))
-    f = inputs["figures"]
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "report",
-            "--out",
-            str(tmp_path / "r" / "index.html"),
-            "--metrics",
-            str(tmp_path / "m.json"),
-            "--cohort",
-            str(tmp_path / "cohort.tsv"),
-            "--qc-exclusions",
-            str(tmp_path / "qc.tsv"),
-            "--qc-image",
-            f"SiteA={inputs['qc_images']['SiteA']}",
-            "--training-rows",
-            str(tmp_path / "rows.tsv"),
-            "--comparison",
-            str(tmp_path / "cmp.tsv"),
-            "--figure",
-            f"roc={f['roc']}",
-            "--figure",
-            f"dice={f['dice']}",
-            "--provenance",
-            str(tmp_path / "prov.json"),
-            "--print-headline",
-        ]
-    )
-    assert args.func(args) == 0
-    page = (tmp_path / "r" / "index.html").read_text()
-    assert (tmp_path / "r" / "training_curves.png").is_file()
-    assert "federated / centralized" in page and SYNTHETIC_BANNER in page
-    assert "AUC IDH" in capsys.readouterr().out
-    args = parser.parse_args(["headline", "--metrics", str(tmp_path / "m.json")])
-    assert args.func(args) == 0
+    assert main(["report", "headline", "--metrics", str(tmp_path / "m.json")]) == 0
     assert "Dice, whole tumour (median)" in capsys.readouterr().out
 
 
@@ -309,7 +270,7 @@ def test_report_renders_in_headless_chromium(inputs: dict, tmp_path: Path) -> No
 def test_report_says_when_the_federated_model_has_no_external_result(inputs: dict, tmp_path: Path) -> None:
     """FedBN: the report states why the federation is not evaluated externally instead of showing a model that
     was never validated; the comparison of the baselines still shows."""
-    from fedglioma.pipeline import FEDBN_NOT_APPLICABLE
+    from fedglioma.report.steps import FEDBN_NOT_APPLICABLE
 
     metrics = {"site": "External", "not_applicable": FEDBN_NOT_APPLICABLE}
     page = _build({**inputs, "metrics": metrics}, tmp_path / "index.html")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -30,7 +29,6 @@ from fedglioma.train import (
     split_subjects,
     validate,
 )
-from fedglioma.train import cli as train_cli
 from fedglioma.train.augment import augment_batch
 from fedglioma.train.data import subject_of
 from fedglioma.train.metrics import THRESHOLD_GRID
@@ -255,22 +253,29 @@ def test_config_sections(tmp_path: Path) -> None:
 
 
 def test_cli_round_trip(site, tmp_path: Path) -> None:
+    """The training steps as commands (`fedglioma train init|training-set|local|validate`), config from --config."""
+    from fedglioma.cli import main
+
     files, labels = site
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("model: {width: 4, depth: 2}\ntrain: {epochs_per_round: 1, seed: 3}\n")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    train_cli.register(sub)
+    cfg.write_text("sites: s.tsv\nmodel: {width: 4, depth: 2}\ntrain: {epochs_per_round: 1, seed: 3}\n")
+    c = ["--config", str(cfg)]
     g0 = tmp_path / "round-0" / "global.safetensors"
-    args = parser.parse_args(["init-model", "--config", str(cfg), "--out", str(g0)])
-    assert args.func(args) == 0 and g0.with_suffix(".json").is_file()
+    assert main(["train", "init", *c, "--model", str(g0), "--meta", str(g0.with_suffix(".json"))]) == 0
+    assert g0.with_suffix(".json").is_file()
+    manifest = tmp_path / "training_set.tsv"
+    assert main(["train", "training-set", *c, "--files", *map(str, files), "--qc", str(tmp_path / "qc.tsv"),
+                 "--manifest", str(manifest), "--site", "A"]) == 0
+    site_args = ["--global-model", str(g0), "--training-set", str(manifest), "--labels", str(labels), "--site", "A",
+                 "--round", "1"]
     upd = tmp_path / "round-1" / "site-A" / "update.safetensors"
-    common = ["--config", str(cfg), "--global", str(g0), "--labels", str(labels), "--site", "A", "--round", "1"]
-    args = parser.parse_args(["local-train", *common, "--out", str(upd), *map(str, files)])
-    assert args.func(args) == 0 and sha256_file(upd) == json.loads(upd.with_suffix(".json").read_text())["sha256"]
+    local = upd.with_name("local.safetensors")
+    assert main(["train", "local", *c, *site_args, "--site-update", str(upd), "--site-update-meta",
+                 str(upd.with_suffix(".json")), "--local", str(local), "--local-meta", str(local.with_suffix(".json"))]) == 0
+    assert sha256_file(upd) == json.loads(upd.with_suffix(".json").read_text())["sha256"]
     val = tmp_path / "val.json"
-    args = parser.parse_args(["validate", *common, "--out", str(val), *map(str, files)])
-    assert args.func(args) == 0 and json.loads(val.read_text())["site"] == "A"
+    assert main(["train", "validate", *c, *site_args, "--validation", str(val)]) == 0
+    assert json.loads(val.read_text())["site"] == "A"
 
 
 # ------------------------------------------------------------------------------------- baselines (issue 14)

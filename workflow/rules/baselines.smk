@@ -24,13 +24,13 @@ rule centralized_train:
         slurm_account=coordinator_account,
         mem_mb=6000,
     params:
-        model=config["model"],
-        train=config["train"],
-        endpoints=config["endpoints"],
+        model_cfg=config["model"],
+        train_cfg=config["train"],
+        endpoints_cfg=config["endpoints"],
         sites=TRAIN_SITES,
         name="centralized",
     script:
-        "../scripts/train_baseline.py"
+        "../scripts/step.py"
 
 
 rule local_only_train:
@@ -52,13 +52,13 @@ rule local_only_train:
         slurm_account=site_account,
         mem_mb=6000,
     params:
-        model=config["model"],
-        train=config["train"],
-        endpoints=config["endpoints"],
+        model_cfg=config["model"],
+        train_cfg=config["train"],
+        endpoints_cfg=config["endpoints"],
         sites=get_site_list,
         name=lambda wildcards: wildcards.site,
     script:
-        "../scripts/train_baseline.py"
+        "../scripts/step.py"
 
 
 rule centralized_select:
@@ -77,7 +77,7 @@ rule centralized_select:
     params:
         model_template=baseline_model_template("centralized"),
     script:
-        "../scripts/select_model.py"
+        "../scripts/step.py"
 
 
 rule local_only_select:
@@ -96,7 +96,7 @@ rule local_only_select:
     params:
         model_template=baseline_model_template("local_only"),
     script:
-        "../scripts/select_model.py"
+        "../scripts/step.py"
 
 
 rule compare:
@@ -120,7 +120,7 @@ rule compare:
         slurm_account=site_account,
     params:
         models=get_models,
-        evaluation=config["evaluation"],
-        endpoints=config["endpoints"],
+        evaluation_cfg=config["evaluation"],
+        endpoints_cfg=config["endpoints"],
     script:
-        "../scripts/compare.py"
+        "../scripts/step.py"

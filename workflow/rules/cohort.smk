@@ -3,7 +3,7 @@
 
 rule synth_site:
     input:
-        unpack(demo_template_transforms),
+        template_transforms=demo_template_transforms,
     output:
         site_dir=directory(f"{config['demo']['out']}/{{site}}"),
     log:
@@ -19,15 +19,14 @@ rule synth_site:
         site_index=site_index,
         n_sites=len(SITES),
         n_subjects=demo_n_subjects,
-        seed=config["demo"]["seed"],
-        strengths=config["demo"]["strengths"],
+        demo_cfg=config["demo"],
     script:
-        "../scripts/synth_site.py"
+        "../scripts/step.py"
 
 
 rule labels:
     input:
-        unpack(get_clinical),
+        get_clinical,
     output:
         labels="results/sites/{site}/labels.tsv",
         summary="results/sites/{site}/summary.json",
@@ -40,17 +39,17 @@ rule labels:
         slurm_account=site_account,
     params:
         row=get_site_row,
-        clinical=config["clinical"],
-        layout_options=layout_options,
+        clinical_cfg=config["clinical"],
+        layouts_cfg=config["layouts"],
     script:
-        "../scripts/labels.py"
+        "../scripts/step.py"
 
 
 rule demo_figure:
     input:
         site_dir=f"{config['demo']['out']}/{{site}}",
     output:
-        png=report(
+        out_png=report(
             "results/sites/{site}/demo_example.png",
             caption="../report/demo_example.rst",
             category="Cohort",
@@ -64,4 +63,4 @@ rule demo_figure:
         slurm_partition=site_partition,
         slurm_account=site_account,
     script:
-        "../scripts/demo_figure.py"
+        "../scripts/step.py"

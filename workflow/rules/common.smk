@@ -74,14 +74,16 @@ def _real_subjects():
     """Subjects found on disk, with their files; problems stop the workflow or are skipped."""
     out, problems = {}, []
     for site, row in SITE_ROWS.items():
-        found = discover(row.path, row.layout, site, **site_layout_options(row, config))
+        found = discover(
+            row.path, row.layout, site, **site_layout_options(row, config["layouts"])
+        )
         problems.extend(found.problems)
         out[site] = {s.subject: s for s in found.subjects}
     if problems:
         text = "\n".join(f"  - {p}" for p in problems)
         if config["inputs"]["on_problem"] == "error":
             raise WorkflowError(
-                f"{len(problems)} input problem(s) (run `fedglioma check-inputs` for details):\n{text}"
+                f"{len(problems)} input problem(s) (run `fedglioma cohort check-inputs` for details):\n{text}"
             )
         logging.getLogger("fedglioma").warning(
             "skipping subjects with input problems:\n%s", text
@@ -134,36 +136,33 @@ def get_subjects(site):
 
 
 def get_site_source(wildcards):
-    """What the site's raw data depend on: the generated demo folder, or the real files."""
-    if DEMO:
-        return {"site_dir": f"{config['demo']['out']}/{wildcards.site}"}
-    return {}
+    """What the site's raw data depend on: the generated demo folder, or nothing (the real files)."""
+    return [f"{config['demo']['out']}/{wildcards.site}"] if DEMO else []
 
 
 def demo_template_transforms(wildcards):
     """Rule synth_site: the template-to-template transform a generated SRI24 site is rendered with
     (the synthetic heads are built in MNI152 space)."""
     if SITE_ROWS[wildcards.site].space == "SRI24":
-        return {"SRI24": "results/templates/SRI24_to_MNI152"}
-    return {}
+        return ["results/templates/SRI24_to_MNI152"]
+    return []
 
 
 def get_raw_subject(wildcards):
-    """Raw input files of one subject (named by modality), or the generated demo site folder."""
+    """What one subject's preprocessing depends on (the step finds the files itself, in the site's layout): its
+    raw files, or the generated demo site folder."""
     if DEMO:
         return get_site_source(wildcards)
     s = SUBJECTS[wildcards.site][wildcards.subject]
-    files = dict(s.images)
-    if s.seg is not None:
-        files["seg"] = s.seg
-    return files
+    return [*s.images.values(), *([s.seg] if s.seg is not None else [])]
 
 
 def get_clinical(wildcards):
+    """What a site's labels depend on: its clinical table (or the generated demo site folder)."""
     if DEMO:
         return get_site_source(wildcards)
     row = SITE_ROWS[wildcards.site]
-    return {"clinical": row.clinical} if row.clinical else {}
+    return [row.clinical] if row.clinical else []
 
 
 def site_index(wildcards):
@@ -178,10 +177,6 @@ def demo_n_subjects(wildcards):
             else "subjects_per_site"
         )
     ]
-
-
-def layout_options(wildcards):
-    return site_layout_options(SITE_ROWS[wildcards.site], config)
 
 
 def get_site_training_files(wildcards):
@@ -236,15 +231,17 @@ def get_aggregate_inputs(wildcards):
         "updates": [
             f"{site_round_dir(s, rnd)}/update.safetensors" for s in TRAIN_SITES
         ],
-        "sidecars": [f"{site_round_dir(s, rnd)}/update.json" for s in TRAIN_SITES],
+        "update_metas": [f"{site_round_dir(s, rnd)}/update.json" for s in TRAIN_SITES],
         "previous": f"results/federated/round-{rnd - 1}/global.safetensors",
     }
     if rnd > 1:
-        inputs["state"] = f"results/federated/round-{rnd - 1}/server_state.safetensors"
+        inputs["previous_state"] = (
+            f"results/federated/round-{rnd - 1}/server_state.safetensors"
+        )
     return inputs
 
 
-def get_validate_inputs(wildcards):
+def get_validate_round_inputs(wildcards):
     rnd = int(wildcards.round)
     return {
         "global_model": f"results/federated/round-{rnd}/global.safetensors",
@@ -293,17 +290,17 @@ def model_files(model):
     if model == "federated":
         return {
             "final": "results/federated/final.json",
-            "globals": get_all_globals(None),
+            "candidates": get_all_globals(None),
         }
     if model == "centralized":
         return {
             "final": "results/baselines/centralized/final.json",
-            "globals": baseline_round_files("centralized", "model.safetensors"),
+            "candidates": baseline_round_files("centralized", "model.safetensors"),
         }
     site = model.removeprefix("local-")
     return {
         "final": f"results/sites/{site}/baselines/local_only/final.json",
-        "globals": [
+        "candidates": [
             f.format(site=site)
             for f in baseline_round_files("local_only", "model.safetensors")
         ],
@@ -340,8 +337,6 @@ def get_report_inputs(wildcards):
             if len(get_models()) > 1
             else {}
         ),
-        "curves_table": "results/federated/training_curves.tsv",
-        "final": "results/federated/final.json",
         "demo_examples": (
             [f"results/sites/{s}/demo_example.png" for s in SITES] if DEMO else []
         ),
@@ -371,20 +366,13 @@ def global_model_template(wildcards):
 
 
 # ---- baselines ------------------------------------------------------------------------------
-def _site_inputs(site):
-    return {
-        "labels": f"results/sites/{site}/labels.tsv",
-        "training_set": training_set_manifest(site),
-    }
-
-
 def _baseline_inputs(sites):
-    """Round-0 initialisation plus each site's labels, QC table and training files, named per site."""
-    inputs = {"init": "results/federated/round-0/global.safetensors"}
-    for s in sites:
-        for key, value in _site_inputs(s).items():
-            inputs[f"{key}_{s}"] = value
-    return inputs
+    """Round-0 initialisation plus each site's training-set manifest and labels, in the order of ``sites``."""
+    return {
+        "init": "results/federated/round-0/global.safetensors",
+        "training_sets": [training_set_manifest(s) for s in sites],
+        "labels": [f"results/sites/{s}/labels.tsv" for s in sites],
+    }
 
 
 def get_centralized_inputs(wildcards):

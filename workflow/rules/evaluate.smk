@@ -26,9 +26,9 @@ rule evaluate:
         slurm_account=site_account,
         mem_mb=6000,
     params:
-        model=config["model"],
-        evaluation=config["evaluation"],
-        endpoints=config["endpoints"],
+        model_cfg=config["model"],
+        evaluation_cfg=config["evaluation"],
+        endpoints_cfg=config["endpoints"],
         subjects=get_evaluation_subjects,
     script:
-        "../scripts/evaluate.py"
+        "../scripts/step.py"

@@ -16,10 +16,10 @@ rule init_model:
         slurm_partition=coordinator_partition,
         slurm_account=coordinator_account,
     params:
-        model=config["model"],
-        seed=config["train"]["seed"],
+        model_cfg=config["model"],
+        train_cfg=config["train"],
     script:
-        "../scripts/init_model.py"
+        "../scripts/step.py"
 
 
 rule training_set:
@@ -37,17 +37,17 @@ rule training_set:
         slurm_partition=site_partition,
         slurm_account=site_account,
     params:
-        qc=config["qc"],
+        qc_cfg=config["qc"],
     script:
-        "../scripts/training_set.py"
+        "../scripts/step.py"
 
 
 rule local_train:
     input:
         unpack(get_local_train_inputs),
     output:
-        params_update="results/sites/{site}/federated/round-{round}/update.safetensors",
-        params_sidecar="results/sites/{site}/federated/round-{round}/update.json",
+        site_update="results/sites/{site}/federated/round-{round}/update.safetensors",
+        site_update_meta="results/sites/{site}/federated/round-{round}/update.json",
         local="results/sites/{site}/federated/round-{round}/local.safetensors",
         local_meta="results/sites/{site}/federated/round-{round}/local.json",
     log:
@@ -62,12 +62,12 @@ rule local_train:
         slurm_account=site_account,
         mem_mb=6000,
     params:
-        model=config["model"],
-        train=config["train"],
-        federated=config["federated"],
-        endpoints=config["endpoints"],
+        model_cfg=config["model"],
+        train_cfg=config["train"],
+        federated_cfg=config["federated"],
+        endpoints_cfg=config["endpoints"],
     script:
-        "../scripts/local_train.py"
+        "../scripts/step.py"
 
 
 rule aggregate:
@@ -76,8 +76,8 @@ rule aggregate:
     output:
         model="results/federated/round-{round}/global.safetensors",
         meta="results/federated/round-{round}/global.json",
-        state="results/federated/round-{round}/server_state.safetensors",
-        state_meta="results/federated/round-{round}/server_state.json",
+        server_state="results/federated/round-{round}/server_state.safetensors",
+        server_state_meta="results/federated/round-{round}/server_state.json",
     log:
         "logs/aggregate/round-{round}.log",
     benchmark:
@@ -89,18 +89,18 @@ rule aggregate:
         slurm_account=coordinator_account,
         mem_mb=2000,
     params:
-        federated=config["federated"],
+        federated_cfg=config["federated"],
     script:
-        "../scripts/aggregate.py"
+        "../scripts/step.py"
 
 
-rule validate:
+rule validate_round:
     input:
-        unpack(get_validate_inputs),
+        unpack(get_validate_round_inputs),
     output:
-        metrics="results/sites/{site}/federated/round-{round}/validation.json",
+        validation="results/sites/{site}/federated/round-{round}/validation.json",
     log:
-        "logs/validate/{site}/round-{round}.log",
+        "logs/validate_round/{site}/round-{round}.log",
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -108,12 +108,12 @@ rule validate:
         slurm_partition=site_partition,
         slurm_account=site_account,
     params:
-        model=config["model"],
-        train=config["train"],
-        federated=config["federated"],
-        endpoints=config["endpoints"],
+        model_cfg=config["model"],
+        train_cfg=config["train"],
+        federated_cfg=config["federated"],
+        endpoints_cfg=config["endpoints"],
     script:
-        "../scripts/validate.py"
+        "../scripts/step.py"
 
 
 rule select_model:
@@ -132,7 +132,7 @@ rule select_model:
     params:
         model_template=global_model_template,
     script:
-        "../scripts/select_model.py"
+        "../scripts/step.py"
 
 
 rule training_curves:
@@ -156,4 +156,4 @@ rule training_curves:
         slurm_partition=coordinator_partition,
         slurm_account=coordinator_account,
     script:
-        "../scripts/training_curves.py"
+        "../scripts/step.py"

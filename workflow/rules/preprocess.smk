@@ -1,7 +1,7 @@
 # Per-site, per-subject preprocessing. Every job carries {site} and writes only under
 # results/sites/{site}/. One job per subject runs the whole chain (import, co-registration, skull
 # stripping, atlas registration, N4, normalisation, training file, QC) through
-# fedglioma.preprocess.chain.preprocess_subject, the function of `fedglioma preprocess-subject`; its step
+# fedglioma.preprocess.chain.preprocess_subject, the function of `fedglioma preprocess subject`; its step
 # folders are checkpoints that a rerun keeps while their parameters are unchanged. The one job without a
 # site, template_transform, registers two public templates (no site data) for sites that arrive in
 # another template space than the network's.
@@ -9,7 +9,7 @@
 
 rule template_transform:
     output:
-        folder=directory("results/templates/{source}_to_{target}"),
+        out_dir=directory("results/templates/{source}_to_{target}"),
     log:
         "logs/template_transform/{source}_to_{target}.log",
     benchmark:
@@ -22,15 +22,15 @@ rule template_transform:
         slurm_account=coordinator_account,
         mem_mb=3000,
     script:
-        "../scripts/template_transform.py"
+        "../scripts/step.py"
 
 
 rule preprocess_subject:
     input:
-        unpack(get_raw_subject),
+        get_raw_subject,
         unpack(get_template_transform),
     output:
-        step=directory(PREP["final"]),
+        final=directory(PREP["final"]),
         npz=PREP["npz"],
         grid=PREP["grid"],
         qc_png=report(
@@ -40,7 +40,7 @@ rule preprocess_subject:
             subcategory="{site}",
             labels={"site": "{site}", "subject": "{subject}"},
         ),
-        qc_row=PREP["qc_json"],
+        qc_json=PREP["qc_json"],
     log:
         "logs/preprocess_subject/{site}/{subject}.log",
     benchmark:
@@ -54,11 +54,11 @@ rule preprocess_subject:
         mem_mb=4000,
     params:
         row=get_site_row,
-        layout_options=layout_options,
-        preprocess=config["preprocess"],
-        qc=config["qc"],
+        preprocess_cfg=config["preprocess"],
+        qc_cfg=config["qc"],
+        layouts_cfg=config["layouts"],
     script:
-        "../scripts/preprocess_subject.py"
+        "../scripts/step.py"
 
 
 rule qc_site:
@@ -83,6 +83,6 @@ rule qc_site:
         slurm_partition=site_partition,
         slurm_account=site_account,
     params:
-        cfg=config["qc"],
+        qc_cfg=config["qc"],
     script:
-        "../scripts/qc_site.py"
+        "../scripts/step.py"

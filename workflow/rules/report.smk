@@ -27,4 +27,4 @@ rule report:
         sites=SITES,
         models=get_models,
     script:
-        "../scripts/report.py"
+        "../scripts/step.py"

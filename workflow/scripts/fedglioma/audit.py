@@ -1,4 +1,4 @@
-"""``fedglioma audit-scope``: prove on the job DAG that site data stay in their site's scope.
+"""``fedglioma workflow audit-scope``: prove on the job DAG that site data stay in their site's scope.
 
 The rule (docs/architecture.md): patient-level data of a site (raw images, labels, preprocessed
 files, per-subject predictions) are read and written only by jobs of that site, i.e. jobs with
@@ -53,6 +53,9 @@ class JobView:
     inputs: Sequence[str]
     outputs: Sequence[str]
     resources: Mapping[str, Any]
+    #: What the job's entry sees (``params``, ``input``, ``output``, ``wildcards``: name -> value; ``threads``),
+    #: for checking that every rule names what its step function takes (:func:`fedglioma.registry.rule_kwargs`).
+    named: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +165,8 @@ def dag_jobs(snakefile: Path, configfiles: Sequence[Path] = (), config: Mapping[
                 inputs=[str(f) for f in j.input],
                 outputs=[str(f) for f in j.output] + [str(f) for f in j.log],
                 resources={k: v for k, v in dict(j.resources).items() if not k.startswith("_")},
+                named={"rule": j.rule.name, "threads": j.threads,
+                       **{src: dict(getattr(j, src).items()) for src in ("params", "input", "output", "wildcards")}},
             )
             for j in wf.dag.jobs
         ]

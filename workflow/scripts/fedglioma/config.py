@@ -8,7 +8,7 @@ The workflow validates with Snakemake's ``validate`` (same schemas, shipped insi
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,34 @@ def _schema(name: str) -> dict[str, Any]:
     return yaml.safe_load((SCHEMA_DIR / name).read_text())
 
 
-def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any]) -> None:
-    for key, sub in (schema.get("properties") or {}).items():
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``schema`` itself, or the definition its local ``$ref`` (``#/$defs/...``) points to."""
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return schema
+    node: Any = root
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return _resolve(node, root)
+
+
+def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> None:
+    """Fill ``default`` values in place, as Snakemake's ``validate(set_default=True)`` does: in named properties
+    and in the values of maps whose ``additionalProperties`` is a schema (e.g. ``clinical.sites.<site>``)."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    props = schema.get("properties") or {}
+    for key, sub in props.items():
+        sub = _resolve(sub, root)
         if key not in obj and "default" in sub:
             obj[key] = copy.deepcopy(sub["default"])
-        if isinstance(obj.get(key), dict) and sub.get("type") == "object":
-            _fill_defaults(obj[key], sub)
+        if isinstance(obj.get(key), dict):
+            _fill_defaults(obj[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in obj.items():
+            if key not in props and isinstance(value, dict):
+                _fill_defaults(value, extra, root)
 
 
 def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, Any]:
@@ -49,12 +71,35 @@ def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, A
     return out
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate ``config.yaml`` (defaults filled in)."""
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` with ``KEY=VALUE`` overrides (``KEY`` a dotted path such as ``train.epochs_per_round``,
+    ``VALUE`` read as YAML) applied."""
+    out = copy.deepcopy(dict(config))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs_per_round=2), got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from exc
+    return out
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read ``config.yaml``, apply ``--set`` ``overrides`` and validate (defaults filled in)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    return validate(yaml.safe_load(p.read_text()) or {}, "config.schema.yaml", what=str(p))
+    raw = apply_overrides(yaml.safe_load(p.read_text()) or {}, overrides)
+    return validate(raw, "config.schema.yaml", what=str(p) + (" with --set " + " ".join(overrides) if overrides else ""))
 
 
 @dataclass(frozen=True)
@@ -144,8 +189,8 @@ def load_sites(path: str | Path) -> list[SiteRow]:
     return rows
 
 
-def layout_options(row: SiteRow, config: Mapping[str, Any]) -> dict[str, Any]:
+def layout_options(row: SiteRow, layouts_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Options of site ``row``'s layout from the config's ``layouts`` section (the nnU-Net channel order)."""
     if row.layout == "nnunet":
-        return {"channels": tuple(config["layouts"]["nnunet"]["channels"])}
+        return {"channels": tuple(layouts_cfg["nnunet"]["channels"])}
     return {}

@@ -1,13 +1,14 @@
-"""Subcommands of :mod:`fedglioma.evaluate`: ``metrics``, ``compare``."""
+"""Tool of ``fedglioma evaluate``: ``metrics``, site-aggregated metrics from per-subject tables (the workflow steps
+``evaluate model`` and ``evaluate compare`` come from :mod:`fedglioma.registry`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from fedglioma.endpoints import load_endpoints
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.io.files import parse_pairs, read_json, read_tsv
+from fedglioma.io.files import read_json, read_tsv
+from fedglioma.registry import add_config_arguments
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
@@ -31,8 +32,12 @@ def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
 
 def _metrics(args: argparse.Namespace) -> int:
     from fedglioma.atomic import write_json
+    from fedglioma.config import load_config
+    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.figures import write_site_figures
     from fedglioma.evaluate.site import summarise_site
+
+    config = load_config(args.config, overrides=args.overrides)
 
     predictions = read_tsv(args.predictions, what="predictions table")
     labels = read_tsv(args.labels, what="labels table")
@@ -42,11 +47,11 @@ def _metrics(args: argparse.Namespace) -> int:
         labels,
         seg,
         load_thresholds(args.thresholds),
-        n_boot=args.n_boot,
-        seed=args.seed,
+        n_boot=int(config["evaluation"]["n_bootstrap"]),
+        seed=int(config["evaluation"]["seed"]),
         n_bins=args.n_bins,
         site=args.site,
-        endpoints=load_endpoints(args.config),
+        endpoints=Endpoints.from_dict(config["endpoints"]),
     )
     write_json(args.out, summary)
     if args.figures:
@@ -54,36 +59,8 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from fedglioma.evaluate.compare import compare_models
-
-    metrics = {
-        m: read_json(p, what=f"metrics of model {m}") for m, p in parse_pairs(args.metrics, flag="--metrics").items()
-    }
-    preds = {
-        m: read_tsv(p, what=f"predictions of model {m}")
-        for m, p in parse_pairs(args.predictions, flag="--predictions").items()
-    }
-    labels = read_tsv(args.labels, what="labels table") if args.labels else None
-    if preds and labels is None:
-        raise ConfigError("--predictions needs --labels for the paired bootstrap")
-    compare_models(
-        metrics,
-        predictions=preds or None,
-        labels=labels,
-        reference=args.reference,
-        baseline=args.baseline,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        out_tsv=args.out,
-        site=args.site,
-        endpoints=load_endpoints(args.config),
-    )
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``metrics`` and ``compare`` to the ``fedglioma`` command."""
+    """Add ``metrics`` to the ``evaluate`` stage."""
     p = subparsers.add_parser(
         "metrics",
         help="site-aggregated metrics (JSON) and figures from per-subject predictions, labels and segmentation rows",
@@ -105,38 +82,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output metrics JSON")
     p.add_argument("--figures", default=None, help="folder for roc.png, reliability.png, dice.png")
     p.add_argument("--site", default=None, help="site ID (named in the output and in errors)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--n-bins", type=int, default=10, help="reliability bins (default: %(default)s)")
-    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
+    add_config_arguments(p)  # evaluation.n_bootstrap and .seed, endpoints
     p.set_defaults(func=_metrics)
-
-    p = subparsers.add_parser(
-        "compare",
-        help="federated vs centralized vs local-only table with ratios and paired bootstrap p-values (TSV)",
-        description="Metrics JSONs give the table; per-subject predictions of each model on the external site "
-        "(with its labels) give paired bootstrap p-values of the AUC differences. Run it in the external site's "
-        "scope when predictions are passed.",
-    )
-    p.add_argument(
-        "--metrics",
-        action="append",
-        required=True,
-        metavar="MODEL=JSON",
-        help="a model's metrics JSON (repeatable; models federated, centralized, local-<site>)",
-    )
-    p.add_argument(
-        "--predictions",
-        action="append",
-        metavar="MODEL=TSV",
-        help="a model's predictions TSV on the external site (repeatable)",
-    )
-    p.add_argument("--labels", default=None, help="the external site's labels TSV (needed with --predictions)")
-    p.add_argument("--reference", default="federated", help="model tested against the others (default: %(default)s)")
-    p.add_argument("--baseline", default="centralized", help="denominator of the ratio (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output TSV")
-    p.add_argument("--site", default=None)
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
-    p.set_defaults(func=_compare)

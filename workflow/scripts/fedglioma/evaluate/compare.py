@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +334,31 @@ def compare_models(
     if out_tsv is not None:
         write_comparison(table, out_tsv)
     return table
+
+
+def compare_external(metrics: Sequence[str], predictions: Sequence[str], labels: str, table: str, *,
+                     models: Sequence[str], site: str, evaluation_cfg: Mapping[str, Any],
+                     endpoints_cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """Rule ``compare`` / ``fedglioma evaluate compare`` (external site scope): federated vs centralized vs
+    local-only with ratios and paired bootstrap p-values, written to ``table``.
+
+    Args:
+        metrics, predictions: each model's ``metrics.json`` and ``predictions.tsv`` on the site, in the order of
+            ``models``.
+        labels: the site's ``labels.tsv``.
+        models: model names (``federated``, ``centralized``, ``local-<site>``).
+        evaluation_cfg: the config's ``evaluation`` section (``n_bootstrap``, ``seed``).
+    """
+    from fedglioma.io.clinical import read_labels
+    from fedglioma.io.files import read_json, read_tsv
+
+    return compare_models(
+        {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, metrics, strict=True)},
+        predictions={m: read_tsv(p, what=f"predictions of model {m}") for m, p in zip(models, predictions, strict=True)},
+        labels=read_labels(labels),
+        n_boot=int(evaluation_cfg["n_bootstrap"]),
+        seed=int(evaluation_cfg["seed"]),
+        out_tsv=table,
+        site=site,
+        endpoints=Endpoints.from_dict(endpoints_cfg),
+    )

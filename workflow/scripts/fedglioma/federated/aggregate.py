@@ -84,3 +84,4 @@ def aggregate_files(
     if server_state_out is not None:
         save_params(server_state_out, new_state, {"kind": "server_state", "round": round, "strategy": strategy.name})
     return side
+

@@ -141,17 +141,19 @@ def _summed_counts(results: Sequence[dict[str, Any]], grid: list[float] | None) 
 
 
 def select_model(
-    validation_paths: Sequence[str | Path], out: str | Path, *, model_template: str | None = None
+    metrics: Sequence[str | Path], final: str | Path, *, model_template: str | None = None
 ) -> dict[str, Any]:
-    """Choose the final round and thresholds; write ``out`` (final.json) and return its content.
+    """Choose the final round and thresholds from the sites' validation results only; write ``final``
+    (final.json) and return its content. Rules ``select_model``, ``centralized_select``, ``local_only_select``;
+    ``fedglioma federated select``.
 
     Args:
-        validation_paths: validation JSONs of all sites and rounds.
-        out: the JSON to write.
+        metrics: validation JSONs of all sites and rounds.
+        final: the JSON to write.
         model_template: optional path template with ``{round}`` (e.g.
             ``results/federated/round-{round}/global.safetensors``), recorded as ``model``.
     """
-    results = [_read(Path(p)) for p in validation_paths]
+    results = [_read(Path(p)) for p in metrics]
     if not results:
         raise InputError("no validation results given")
     by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -202,7 +204,7 @@ def select_model(
     best = max(scored, key=lambda sr: (sr[0], -sr[1]))[1] if scored else max(per_round)
     thresholds = {t: youden(c, grid) for t, c in summed_by_round[best].items()} if grid is not None else {}
 
-    final: dict[str, Any] = {
+    doc: dict[str, Any] = {
         "round": best,
         "score": per_round[best]["score"],
         "score_metrics": common or ["-loss"],
@@ -213,6 +215,6 @@ def select_model(
         "rounds": {str(k): v for k, v in per_round.items()},
     }
     if model_template is not None:
-        final["model"] = model_template.format(round=best)
-    write_json(out, final)
-    return final
+        doc["model"] = model_template.format(round=best)
+    write_json(final, doc)
+    return doc

@@ -1,4 +1,4 @@
-"""``fedglioma check-inputs``: validate the input contract without running anything."""
+"""``fedglioma cohort check-inputs``: validate the input contract without running anything."""
 
 from __future__ import annotations
 

@@ -1,24 +1,23 @@
-"""Subcommands of :mod:`fedglioma.io`: ``check-inputs`` and ``labels``."""
+"""Tool of ``fedglioma cohort``: ``check-inputs`` (the harmonised labels are the workflow step ``cohort labels``)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from fedglioma.config import load_config, load_sites
+from fedglioma.config import layout_options, load_config, load_sites
+from fedglioma.registry import add_config_arguments
 
 
 def _check_inputs(args: argparse.Namespace) -> int:
     from fedglioma.io.check import check_site, site_summary, summary_table
 
-    config = load_config(args.config) if args.config else {}
-    rows = load_sites(args.sites)
+    config = load_config(args.config, overrides=args.overrides)
+    rows = load_sites(args.sites or config["sites"])
     if args.site:
         rows = [r for r in rows if r.site in set(args.site)]
-    layout_opts = {"nnunet": {"channels": tuple(config.get("layouts", {}).get("nnunet", {}).get("channels", ()))}}
     checks = [
-        check_site(r, config.get("clinical"), read_voxels=not args.quick,
-                   layout_options={k: v for k, v in layout_opts.get(r.layout, {}).items() if v})
+        check_site(r, config["clinical"], read_voxels=not args.quick,
+                   layout_options=layout_options(r, config["layouts"]))
         for r in rows
     ]
     table = summary_table(checks)
@@ -36,15 +35,6 @@ def _check_inputs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(args: argparse.Namespace) -> int:
-    from fedglioma.io.clinical import write_site_labels
-
-    config = load_config(args.config) if args.config else {}
-    rows = {r.site: r for r in load_sites(args.sites)}
-    write_site_labels(rows[args.site], config.get("clinical"), Path(args.out))
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "check-inputs",
@@ -52,15 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate the input contract without running anything: print a table of sites, subjects, "
         "modalities found and labels available; exit 1 listing every problem.",
     )
-    p.add_argument("--sites", default="config/sites.tsv", help="sites table (default: %(default)s)")
-    p.add_argument("--config", default=None, help="config.yaml (for clinical mappings and layout options)")
+    p.add_argument("--sites", default=None, help="sites table (default: the config's `sites`)")
+    add_config_arguments(p)
     p.add_argument("--site", action="append", help="check only this site (repeatable)")
     p.add_argument("--quick", action="store_true", help="read headers only, not the voxel data")
     p.set_defaults(func=_check_inputs)
-
-    p = subparsers.add_parser("labels", help="harmonise one site's clinical table into labels.tsv")
-    p.add_argument("--sites", default="config/sites.tsv")
-    p.add_argument("--config", default=None)
-    p.add_argument("--site", required=True)
-    p.add_argument("--out", required=True, help="output labels.tsv")
-    p.set_defaults(func=_labels)

@@ -217,3 +217,38 @@ def write_site_labels(row: Any, clinical_cfg: Mapping[str, Any] | None, out: str
                          ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site)
     write_labels(labels, out)
     return labels
+
+
+def cohort_summary(labels: pd.DataFrame, *, site: str, role: str) -> dict[str, Any]:
+    """Site-aggregated cohort numbers: n, label prevalence and missing counts (no subject IDs)."""
+    out: dict[str, Any] = {"site": site, "role": role, "n": len(labels)}
+    for t in TASKS:
+        col = labels[t]
+        known = col.dropna()
+        out[f"{t}_n"] = int(known.size)
+        out[f"{t}_missing"] = int(col.isna().sum())
+        if t == "grade":
+            for g in (2, 3, 4):
+                out[f"grade{g}"] = int((known == g).sum())
+        else:
+            out[f"{t}_positive"] = int((known == 1).sum())
+    return out
+
+
+def harmonise_site(row: Any, labels: str, summary: str, *, clinical_cfg: Mapping[str, Any],
+                   layouts_cfg: Mapping[str, Any]) -> None:
+    """Rule ``labels`` / ``fedglioma cohort labels``: the site's harmonised ``labels`` table (stays at the site)
+    and its aggregated cohort ``summary`` (JSON, no subject IDs: it goes into the report).
+
+    Args:
+        row: the site's ``sites.tsv`` row (its clinical table and layout).
+        labels: ``labels.tsv`` to write.
+        summary: ``summary.json`` to write.
+        clinical_cfg: the config's ``clinical`` section (each site's column mapping).
+        layouts_cfg: the config's ``layouts`` section.
+    """
+    from fedglioma.atomic import write_json
+    from fedglioma.config import layout_options
+
+    table = write_site_labels(row, clinical_cfg, labels, layout_options(row, layouts_cfg))
+    write_json(summary, cohort_summary(table, site=row.site, role=row.role))

@@ -12,11 +12,14 @@ import pandas as pd
 from fedglioma.errors import ConfigError, InputError
 
 
-def read_tsv(path: str | Path, *, what: str) -> pd.DataFrame:
-    """Read a TSV (subject IDs as text; empty cells are missing)."""
+def read_tsv(path: str | Path, *, what: str, text: bool = False) -> pd.DataFrame:
+    """Read a TSV (subject and site IDs as text; empty cells are missing, or ``""`` with ``text``: every column
+    is then read as text)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} not found", file=p)
+    if text:
+        return pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
     return pd.read_csv(p, sep="\t", dtype={"subject": str, "site": str}, keep_default_na=True)
 
 

@@ -1,6 +1,6 @@
 """The whole preprocessing of one subject as one job, resumable step by step.
 
-One Snakemake job per subject (rule ``preprocess_subject``) and the subcommand ``fedglioma preprocess-subject``
+One Snakemake job per subject (rule ``preprocess_subject``) and the subcommand ``fedglioma preprocess subject``
 both call :func:`preprocess_subject`: import, co-registration, skull stripping, atlas registration, N4 and
 normalisation each write their atomic step folder (``01_import`` ... ``06_normalise``) as before, then the
 network-grid training file and the QC figure and row are written.
@@ -30,7 +30,7 @@ from typing import Any
 from fedglioma import __version__
 from fedglioma.atomic import dumps, write_json
 from fedglioma.config import SiteRow
-from fedglioma.errors import InputError
+from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import read_json
 from fedglioma.io.layouts import discover
 
@@ -121,7 +121,7 @@ def _raw_files(row: SiteRow, subject: str, layout_options: Mapping[str, Any]) ->
     if not match:
         problems = [str(p) for p in found.problems if p.subject == subject]
         raise InputError("subject not found or incomplete" + (f" ({'; '.join(problems)})" if problems else ""),
-                         site=row.site, subject=subject, file=row.path, fix="run `fedglioma check-inputs`")
+                         site=row.site, subject=subject, file=row.path, fix="run `fedglioma cohort check-inputs`")
     return {m: Path(p) for m, p in match[0].images.items()}, (Path(match[0].seg) if match[0].seg else None)
 
 
@@ -130,28 +130,42 @@ def _file_facts(path: Path) -> list[Any]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def preprocess_subject(row: SiteRow, subject: str, out: SubjectOutputs, *, preprocess: Mapping[str, Any],
-                       qc: Mapping[str, Any], layout_options: Mapping[str, Any] | None = None,
-                       template_transform: str | Path | None = None) -> None:
-    """Preprocess one subject of site ``row``: the six step folders (resuming), training file, QC figure and row.
+def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: str, qc_png: str, qc_json: str, *,
+                       preprocess_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], layouts_cfg: Mapping[str, Any],
+                       template_transform: str | None = None) -> None:
+    """Rule ``preprocess_subject`` / ``fedglioma preprocess subject``: one subject of site ``row``, from its raw
+    images to the last step folder ``final`` (``sub-{subject}/06_normalise``; the other step folders lie beside
+    it and are kept while unchanged), the training file, and the QC figure and row.
 
     Args:
         row: the site's ``sites.tsv`` row (layout, path, labels, what it declares).
         subject: subject ID.
-        out: output paths (:func:`subject_outputs`).
-        preprocess: the ``preprocess`` section of the config (a section per step, and ``grid``).
-        qc: the ``qc`` section of the config.
-        layout_options: options of the site's layout (``nnunet`` channels).
+        final: the last step folder, ``.../prep/sub-{subject}/06_normalise``.
+        npz, grid: the network-grid training file and its grid JSON.
+        qc_png, qc_json: the QC figure and row.
+        preprocess_cfg: the config's ``preprocess`` section (a section per step, and ``grid``).
+        qc_cfg: the config's ``qc`` section.
+        layouts_cfg: the config's ``layouts`` section (options of the site's layout).
         template_transform: folder of the template-to-template transform, for a site in another template space.
     """
+    from fedglioma.config import layout_options
     from fedglioma.preprocess.grid import training_file
     from fedglioma.preprocess.importing import import_subject
     from fedglioma.preprocess.qc import qc as qc_subject
     from fedglioma.preprocess.steps import run_step
 
+    out = SubjectOutputs(Path(final).parent, Path(npz), Path(grid), Path(qc_png), Path(qc_json))
+    if out.final != Path(final):
+        raise ConfigError(f"{final}: the last step folder must be named {FINAL_FOLDER}")
     site, declared = row.site, row.declared
+    target = str((preprocess_cfg.get("atlas") or {}).get("template", "MNI152"))
+    needed = template_transform_dir("results", row.space, target)
+    if needed is not None and template_transform is None:
+        raise ConfigError(f"site {site} is in {row.space} space and needs the {row.space}-to-{target} template "
+                          f"transform; fix: run `fedglioma preprocess template-transform --source {row.space} "
+                          f"--target {target} --out-dir {needed}` and pass --template-transform {needed}")
     transform = Path(template_transform) if template_transform is not None else None
-    raw, seg = _raw_files(row, subject, layout_options or {})
+    raw, seg = _raw_files(row, subject, layout_options(row, layouts_cfg))
     key = _digest({
         "step": "import", "version": __version__, "declared": asdict(declared),
         "raw": {m: _file_facts(p) for m, p in sorted(raw.items())}, "seg": _file_facts(seg) if seg else None,
@@ -162,7 +176,7 @@ def preprocess_subject(row: SiteRow, subject: str, out: SubjectOutputs, *, prepr
     redo = False
     for step, folder, section in CHAIN:
         if step != "import":
-            params = dict(preprocess.get(section or step) or {})
+            params = dict(preprocess_cfg.get(section or step) or {})
             key = _digest({"step": step, "previous": key, "params": params, "declared": asdict(declared),
                            "template_transform": _folder_digest(transform)
                            if (step == "register_atlas" and transform is not None) else None})
@@ -183,6 +197,6 @@ def preprocess_subject(row: SiteRow, subject: str, out: SubjectOutputs, *, prepr
             write_json(_stamp(out.subject_dir, folder), {"step": step, "key": key})
         previous = target
     training_file(out.final, out.npz, site=site, subject=subject, grid_json=out.grid,
-                  **dict(preprocess.get("grid") or {}))
-    qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc.get("thresholds") or {}), site=site,
+                  **dict(preprocess_cfg.get("grid") or {}))
+    qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc_cfg.get("thresholds") or {}), site=site,
                subject=subject)

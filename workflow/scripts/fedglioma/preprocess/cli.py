@@ -1,14 +1,16 @@
-"""Subcommands of the preprocessing steps; :func:`register` adds them to ``fedglioma``'s parser.
+"""Tools of ``fedglioma preprocess``: one preprocessing step on one folder, QC of one subject, the mapping back.
 
-Step parameters come as ``--params JSON`` (a JSON object, or ``@file.json``), the
-``preprocess.<step>`` section of the config. Every command returns 0 on success;
-:class:`~fedglioma.errors.FedgliomaError` propagates to ``fedglioma.cli``.
+The workflow runs the whole chain of a subject in one job (``fedglioma preprocess subject``, from
+:mod:`fedglioma.registry`); these commands run one step of it, through the same functions with the same
+arguments: the steps on step folders through :func:`~fedglioma.preprocess.steps.run_step` with the step's
+``preprocess.<section>`` of ``--config`` (``--set preprocess.n4.shrink_factor=4`` overrides one value) and what
+the site declared (its ``sites.tsv`` row, or ``--skull-stripped``/``--coregistered``/``--space``).
+Every command returns 0 on success; :class:`~fedglioma.errors.FedgliomaError` propagates to ``fedglioma.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +18,28 @@ import numpy as np
 
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError
+from fedglioma.registry import add_config_arguments
+
+#: Step command -> (step, its section of ``preprocess`` in the config, help).
+STEP_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "coregister": ("coregister", "coregister", "rigidly register T1, T2, FLAIR onto the T1c"),
+    "skullstrip": ("skullstrip", "skullstrip", "brain mask (HD-BET, atlas, or what the site declared)"),
+    "register-atlas": ("register_atlas", "atlas", "bring the subject into template space (registration, or what "
+                       "the site's declared space allows)"),
+    "n4": ("n4", "n4", "N4 bias-field correction inside the brain mask"),
+    "normalise": ("normalise", "normalise", "intensity normalisation inside the brain mask"),
+}
 
 
-def _params(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    if text.startswith("@"):
-        text = Path(text[1:]).read_text()
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"--params is not valid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise ConfigError("--params must be a JSON object")
-    return obj
+def _config(a: argparse.Namespace) -> dict[str, Any]:
+    from fedglioma.config import load_config
+
+    return load_config(a.config, overrides=a.overrides)
 
 
-def _add_ids(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--site", required=required, help="site ID")
-    p.add_argument("--subject", required=required, help="subject ID")
+def _add_ids(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", required=True, help="site ID")
+    p.add_argument("--subject", required=True, help="subject ID")
 
 
 def _add_declared(p: argparse.ArgumentParser) -> None:
@@ -57,54 +62,21 @@ def _declared(a: argparse.Namespace) -> Declared:
     return Declared(skull_stripped=a.skull_stripped, coregistered=a.coregistered, space=a.space)
 
 
-def _add_step(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_)
-    p.add_argument("in_dir", type=Path, help="previous step folder")
-    p.add_argument("out_dir", type=Path, help="step folder to write (atomically)")
-    _add_ids(p)
-    p.add_argument("--params", default=None, help="step parameters as a JSON object or @file.json "
-                   "(the step's section of config.yaml)")
-    _add_declared(p)
-    return p
-
-
-def _step_handler(step: str) -> Any:
-    """Handler of a step subcommand: :func:`~fedglioma.preprocess.steps.run_step`, as the rule calls it."""
+def _step_handler(step: str, section: str) -> Any:
+    """Handler of a step command: :func:`~fedglioma.preprocess.steps.run_step`, as the chain of a subject calls it."""
 
     def handler(a: argparse.Namespace) -> int:
         from fedglioma.preprocess.steps import run_step
 
-        run_step(step, a.in_dir, a.out_dir, site=a.site, subject=a.subject, params=_params(a.params),
-                 declared=_declared(a), template_transform=getattr(a, "template_transform", None))
+        run_step(step, a.in_dir, a.out_dir, site=a.site, subject=a.subject,
+                 params=dict(_config(a)["preprocess"][section]), declared=_declared(a),
+                 template_transform=getattr(a, "template_transform", None))
         return 0
 
     return handler
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def _cmd_subject(a: argparse.Namespace) -> int:
-    """The whole chain of one subject, as rule ``preprocess_subject`` runs it (same function, same arguments)."""
-    from fedglioma.config import layout_options, load_config, load_sites
-    from fedglioma.preprocess.chain import preprocess_subject, subject_outputs, template_transform_dir
-
-    config = load_config(a.config)
-    sites_file = a.sites or Path(config["sites"])
-    rows = {r.site: r for r in load_sites(sites_file)}
-    if a.site not in rows:
-        raise ConfigError(f"site {a.site!r} is not in {sites_file} (sites: {', '.join(rows)})")
-    row = rows[a.site]
-    transform = a.template_transform or template_transform_dir(a.results, row.space,
-                                                               config["preprocess"]["atlas"]["template"])
-    if transform is not None and not Path(transform).is_dir():
-        raise ConfigError(f"site {a.site} is in {row.space} space and needs the template transform {transform}; "
-                          f"fix: run `fedglioma template-transform {row.space} "
-                          f"{config['preprocess']['atlas']['template']} {transform}` first")
-    preprocess_subject(row=row, subject=a.subject, out=subject_outputs(a.results, a.site, a.subject),
-                       preprocess=config["preprocess"], qc=config["qc"], layout_options=layout_options(row, config),
-                       template_transform=transform)
-    return 0
 
 
 def _cmd_import(a: argparse.Namespace) -> int:
@@ -115,62 +87,32 @@ def _cmd_import(a: argparse.Namespace) -> int:
         raise ConfigError("--seg needs --tumour-labels")
     other = [int(v) for v in str(a.non_tumour_labels).split(",") if v.strip()]
     import_subject({"T1": a.t1, "T1c": a.t1c, "T2": a.t2, "FLAIR": a.flair}, a.seg, labels, a.out_dir,
-                   site=a.site, subject=a.subject, non_tumour_labels=other, declared=_declared(a), **_params(a.params))
+                   site=a.site, subject=a.subject, non_tumour_labels=other, declared=_declared(a))
     return 0
 
 
-def _cmd_skullstrip(a: argparse.Namespace) -> int:
+def _cmd_skullstrip_file(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.skullstrip import skullstrip_file
-    from fedglioma.preprocess.steps import run_step
 
-    params = _params(a.params)
-    for key in ("mode", "method", "device", "precision"):
-        if getattr(a, key) is not None:
-            params[key] = getattr(a, key)
-    if a.tta:
-        params["tta"] = True
-    if Path(a.input).is_dir():
-        if not (a.site and a.subject):
-            raise ConfigError("skullstrip on a step folder needs --site and --subject")
-        run_step("skullstrip", a.input, a.output, site=a.site, subject=a.subject, params=params,
-                 declared=_declared(a))
-    else:
-        skullstrip_file(Path(a.input), Path(a.output), out_brain=a.brain, mode=params.get("mode", "fast"),
-                        tta=bool(params.get("tta", False)), method=params.get("method", "hdbet"),
-                        device=params.get("device", "auto"), precision=params.get("precision", "auto"))
-    return 0
-
-
-def _cmd_template_transform(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.templates import template_transform
-
-    template_transform(a.source, a.target, a.out_dir)
+    p = _config(a)["preprocess"]["skullstrip"]
+    skullstrip_file(Path(a.image), Path(a.mask), out_brain=a.brain, mode=p["mode"], tta=bool(p["tta"]),
+                    method=p["method"], device=p["device"], precision=p["precision"])
     return 0
 
 
 def _cmd_training_file(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.grid import training_file
 
-    p = _params(a.params)
-    if a.grid_spacing is not None:
-        p["grid_spacing"] = a.grid_spacing
-    if a.grid_shape is not None:
-        p["grid_shape"] = a.grid_shape
-    training_file(a.in_dir, a.out_npz, site=a.site, subject=a.subject, grid_json=a.grid_json, **p)
+    training_file(a.in_dir, a.out_npz, site=a.site, subject=a.subject, grid_json=a.grid_json,
+                  **dict(_config(a)["preprocess"]["grid"]))
     return 0
 
 
 def _cmd_qc(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.qc import qc
 
-    qc(a.subject_dir, a.out_png, a.out_json, thresholds=_params(a.thresholds), site=a.site, subject=a.subject)
-    return 0
-
-
-def _cmd_qc_site(a: argparse.Namespace) -> int:
-    from fedglioma.preprocess.qc import qc_site
-
-    qc_site(list(a.rows), a.out_tsv)
+    qc(a.subject_dir, a.out_png, a.out_json, thresholds=dict(_config(a)["qc"]["thresholds"]), site=a.site,
+       subject=a.subject)
     return 0
 
 
@@ -206,22 +148,9 @@ def _cmd_to_native(a: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the preprocessing subcommands to ``subparsers``; each sets ``func`` (args -> exit code)."""
-    p = subparsers.add_parser(
-        "preprocess-subject",
-        help="the whole preprocessing of one subject (what rule preprocess_subject runs): step folders, "
-             "training file, QC; keeps the step folders whose parameters did not change",
-    )
-    _add_ids(p)
-    p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="config.yaml (default: %(default)s)")
-    p.add_argument("--sites", type=Path, default=None, help="sites.tsv (default: the config's `sites`)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: %(default)s)")
-    p.add_argument("--template-transform", type=Path, default=None,
-                   help="for a site in another template space (default: results/templates/SPACE_to_TEMPLATE)")
-    p.set_defaults(func=_cmd_subject)
-
-    p = subparsers.add_parser("preprocess-import", help="import one subject (checks, tumour mask, RAS)")
-    p.add_argument("out_dir", type=Path)
+    """Add the preprocessing tools to the ``preprocess`` stage's ``subparsers``."""
+    p = subparsers.add_parser("import", help="import one subject's raw files (checks, tumour mask, RAS)")
+    p.add_argument("out_dir", type=Path, help="step folder to write (01_import)")
     _add_ids(p)
     for m in ("t1", "t1c", "t2", "flair"):
         p.add_argument(f"--{m}", type=Path, required=True, help=f"{m.upper()} NIfTI")
@@ -229,71 +158,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tumour-labels", default="", help="comma-separated whole-tumour label values, e.g. 1,2,4")
     p.add_argument("--non-tumour-labels", default="", help="label values that are not tumour, e.g. 4 (resection "
                    "cavity of BraTS 2024 masks)")
-    p.add_argument("--params", default=None, help="JSON object or @file.json")
     _add_declared(p)
     p.set_defaults(func=_cmd_import)
 
-    _add_step(subparsers, "coregister", "rigidly register T1, T2, FLAIR onto the T1c").set_defaults(
-        func=_step_handler("coregister"))
+    for command, (step, section, help_) in STEP_COMMANDS.items():
+        p = subparsers.add_parser(command, help=f"{help_} (one step folder)",
+                                  description=f"{help_}: IN (previous step folder) -> OUT_DIR, with "
+                                              f"preprocess.{section} of --config.")
+        p.add_argument("in_dir", type=Path, help="previous step folder")
+        p.add_argument("out_dir", type=Path, help="step folder to write (atomically)")
+        _add_ids(p)
+        add_config_arguments(p)
+        _add_declared(p)
+        if step == "register_atlas":
+            p.add_argument("--template-transform", type=Path, default=None,
+                           help="folder of `fedglioma preprocess template-transform` for a site in another "
+                                "template space")
+        p.set_defaults(func=_step_handler(step, section))
 
-    p = subparsers.add_parser(
-        "skullstrip",
-        help="brain mask: on a step folder (IN OUT_DIR --site --subject) or a NIfTI file (IN OUT_MASK [--brain])",
-    )
-    p.add_argument("input", help="step folder or NIfTI file")
-    p.add_argument("output", help="step folder or mask NIfTI")
-    p.add_argument("--brain", type=Path, default=None, help="file mode: also write the brain-extracted image")
-    p.add_argument("--mode", choices=("fast", "accurate"), default=None, help="HD-BET: 1 fold (fast) or 5 folds")
-    p.add_argument("--tta", action="store_true", help="HD-BET test-time mirroring")
-    p.add_argument("--method", choices=("hdbet", "atlas"), default=None)
-    p.add_argument("--device", default=None, help="auto (default), cpu, or a CUDA index")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                   help="HD-BET network precision: auto (default; bf16 where the processor runs it natively)")
-    _add_ids(p, required=False)
-    p.add_argument("--params", default=None, help="JSON object or @file.json")
-    _add_declared(p)
-    p.set_defaults(func=_cmd_skullstrip)
+    p = subparsers.add_parser("skullstrip-file", help="brain mask of one NIfTI file (preprocess.skullstrip)")
+    p.add_argument("image", help="NIfTI image")
+    p.add_argument("mask", help="brain mask NIfTI to write")
+    p.add_argument("--brain", type=Path, default=None, help="also write the brain-extracted image")
+    add_config_arguments(p)
+    p.set_defaults(func=_cmd_skullstrip_file)
 
-    p = _add_step(subparsers, "register-atlas", "bring the subject into template space (registration, or what "
-                  "the site's declared space allows)")
-    p.add_argument("--template-transform", type=Path, default=None,
-                   help="folder of `fedglioma template-transform SPACE TEMPLATE` for a site in another template space")
-    p.set_defaults(func=_step_handler("register_atlas"))
-
-    _add_step(subparsers, "n4", "N4 bias-field correction inside the brain mask").set_defaults(
-        func=_step_handler("n4"))
-    _add_step(subparsers, "normalise", "intensity normalisation inside the brain mask").set_defaults(
-        func=_step_handler("normalise"))
-
-    p = subparsers.add_parser("template-transform", help="register one template onto another once (affine), for "
-                              "sites that arrive in another template space")
-    p.add_argument("source", help="the sites' space, e.g. SRI24")
-    p.add_argument("target", help="the network's template (preprocess.atlas.template), e.g. MNI152")
-    p.add_argument("out_dir", type=Path)
-    p.set_defaults(func=_cmd_template_transform)
-
-    p = subparsers.add_parser("training-file", help="write the network-grid training file and grid JSON")
-    p.add_argument("in_dir", type=Path)
+    p = subparsers.add_parser("training-file", help="network-grid training file and grid JSON (preprocess.grid)")
+    p.add_argument("in_dir", type=Path, help="last step folder")
     p.add_argument("out_npz", type=Path)
     _add_ids(p)
-    p.add_argument("--grid-spacing", type=float, nargs="+", default=None)
-    p.add_argument("--grid-shape", type=int, nargs="+", default=None)
     p.add_argument("--grid-json", type=Path, default=None, help="default: sub-{subject}_grid.json next to the npz")
-    p.add_argument("--params", default=None, help="JSON object or @file.json")
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_training_file)
 
-    p = subparsers.add_parser("qc", help="QC figure and row of one subject")
+    p = subparsers.add_parser("qc", help="QC figure and row of one subject (qc.thresholds)")
     p.add_argument("subject_dir", type=Path)
     p.add_argument("out_png", type=Path)
     p.add_argument("out_json", type=Path)
-    p.add_argument("--thresholds", default=None, help="JSON object or @file.json")
-    _add_ids(p, required=False)
+    p.add_argument("--site", default=None, help="site ID")
+    p.add_argument("--subject", default=None, help="subject ID")
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_qc)
-
-    p = subparsers.add_parser("qc-site", help="gather a site's QC rows into a TSV")
-    p.add_argument("out_tsv", type=Path)
-    p.add_argument("rows", type=Path, nargs="+")
-    p.set_defaults(func=_cmd_qc_site)
 
     p = subparsers.add_parser("to-native", help="map a network-grid array back to the original T1c grid")
     p.add_argument("array", type=Path, help=".npy, .npz or NIfTI holding the grid array")

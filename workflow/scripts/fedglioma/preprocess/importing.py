@@ -125,7 +125,7 @@ def whole_tumour(
 
     Non-integer values and label values that are neither 0, nor in ``tumour_labels``, nor declared
     ``non_tumour_labels`` (e.g. a resection cavity) are an InputError: a label is never silently counted
-    or dropped. This is the one check of label values (``fedglioma check-inputs`` calls it too).
+    or dropped. This is the one check of label values (``fedglioma cohort check-inputs`` calls it too).
     """
     labels = {int(v) for v in tumour_labels}
     other = {int(v) for v in non_tumour_labels}

@@ -8,18 +8,21 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from fedglioma.atomic import atomic_path, write_json
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.evaluate.metrics import dice
-from fedglioma.io.files import read_json
+from fedglioma.io.files import read_json, read_tsv
 from fedglioma.preprocess import qc_measures as measures
 from fedglioma.preprocess.common import (
     REFERENCE,
@@ -323,7 +326,7 @@ def qc(
     return row
 
 
-def qc_site(rows: list[Path], out_tsv: Path) -> None:
+def write_site_table(rows: Sequence[str | Path], out_tsv: str | Path) -> None:
     """Gather QC JSON rows of one site into a TSV (one line per subject, reasons joined by '; ')."""
     records = []
     for p in rows:
@@ -335,3 +338,50 @@ def qc_site(rows: list[Path], out_tsv: Path) -> None:
         w.writeheader()
         for r in records:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+
+def flagged_subjects(table: str | Path) -> pd.DataFrame:
+    """The rows of a site's QC table (:func:`write_site_table`, read as text) with a boolean ``flagged``."""
+    out = read_tsv(table, what="site QC table", text=True)
+    out["flagged"] = out["flagged"].str.lower().isin(["true", "1", "yes"])
+    return out
+
+
+def qc_excluded(table: str | Path | None, qc_cfg: Mapping[str, Any]) -> set[str]:
+    """Subjects that QC excludes from training and validation (only when ``qc.exclude_flagged``)."""
+    if not table or not qc_cfg.get("exclude_flagged", False):
+        return set()
+    t = flagged_subjects(table)
+    return set(t.loc[t["flagged"], "subject"])
+
+
+def qc_site(rows: Sequence[str], table: str, summary: str, example: str, *, site: str,
+            qc_cfg: Mapping[str, Any]) -> None:
+    """Rule ``qc_site``: the site's QC table, its aggregated summary (no images), and one example overlay.
+
+    Args:
+        rows: the site's per-subject QC rows (``qc/sub-{subject}_qc.json``; the figures lie beside them).
+        table: QC table to write (TSV, one row per subject).
+        summary: aggregated summary to write (JSON: counts, flags, exclusions, median brain volume).
+        example: where to copy the QC figure of the first unflagged subject.
+        site: site ID.
+        qc_cfg: the config's ``qc`` section (``exclude_flagged``).
+    """
+    write_site_table(rows, table)
+    t = flagged_subjects(table)
+    flagged = t[t["flagged"]]
+    excluded = bool(qc_cfg.get("exclude_flagged", False))
+    flags = [{"subject": r["subject"], "reasons": r.get("reasons", "")} for _, r in flagged.iterrows()]
+    write_json(summary, {
+        "site": site,
+        "n": len(t),
+        "n_flagged": len(flagged),
+        "exclude_flagged": excluded,
+        "exclusions": flags if excluded else [],
+        "flags": flags,
+        "brain_volume_ml_median": float(np.median(pd.to_numeric(t["brain_volume_ml"]))),
+    })
+    ok = t[~t["flagged"]]
+    pick = (ok if len(ok) else t).iloc[0]
+    with atomic_path(example) as tmp:
+        shutil.copyfile(Path(rows[0]).parent / f"sub-{pick['subject']}_qc.png", tmp)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -235,3 +236,16 @@ def generate_cohort(
         generate_site(Path(out_dir) / spec.name, spec, i, n, seed, strengths, template_transforms=template_transforms)
         for i, (spec, n) in enumerate(zip(specs, counts, strict=True))
     ]
+
+
+def synth_site(site_dir: str, *, site_index: int, n_sites: int, n_subjects: int, demo_cfg: Mapping[str, Any],
+               template_transforms: Sequence[str] = ()) -> Path:
+    """Rule ``synth_site`` / ``fedglioma cohort synth-site``: demo site ``site_index`` of ``n_sites`` into
+    ``site_dir``, with the config's ``demo`` seed and strengths.
+
+    ``template_transforms`` are folders of ``fedglioma preprocess template-transform`` named
+    ``{space}_to_MNI152`` (a site in SRI24 space is rendered through ``SRI24_to_MNI152``).
+    """
+    transforms = {Path(p).name.split("_to_")[0]: p for p in template_transforms}
+    return generate_demo_site(site_dir, site_index, n_sites, n_subjects, int(demo_cfg["seed"]),
+                              dict(demo_cfg.get("strengths") or {}), template_transforms=transforms)

@@ -187,3 +187,11 @@ def load_configs(path: str | Path | None) -> tuple[ModelConfig, TrainConfig, Fed
         TrainConfig.from_dict(section(cfg, "train")),
         FederatedConfig.from_dict(section(cfg, "federated")),
     )
+
+
+def build_configs(model_cfg: Mapping[str, Any] | None, train_cfg: Mapping[str, Any] | None = None,
+                  federated_cfg: Mapping[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig, FederatedConfig]:
+    """The ``model``, ``train`` and ``federated`` config sections (dicts, as a rule's params carry them) as
+    config objects; a missing section takes the defaults."""
+    return (ModelConfig.from_dict(model_cfg or {}), TrainConfig.from_dict(train_cfg or {}),
+            FederatedConfig.from_dict(federated_cfg or {}))

