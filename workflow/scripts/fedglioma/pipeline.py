@@ -17,31 +17,14 @@ import pandas as pd
 
 from fedglioma.atomic import atomic_path, write_json
 from fedglioma.config import SiteRow
-from fedglioma.constants import TASKS
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.io.clinical import write_site_labels
+from fedglioma.io.clinical import cohort_summary, write_site_labels
 from fedglioma.io.files import read_json
 
 log = logging.getLogger(__name__)
 
 
 # ---- cohort ---------------------------------------------------------------------------------
-def cohort_summary(labels: pd.DataFrame, *, site: str, role: str) -> dict[str, Any]:
-    """Site-aggregated cohort numbers: n, label prevalence and missing counts (no subject IDs)."""
-    out: dict[str, Any] = {"site": site, "role": role, "n": len(labels)}
-    for t in TASKS:
-        col = labels[t]
-        known = col.dropna()
-        out[f"{t}_n"] = int(known.size)
-        out[f"{t}_missing"] = int(col.isna().sum())
-        if t == "grade":
-            for g in (2, 3, 4):
-                out[f"grade{g}"] = int((known == g).sum())
-        else:
-            out[f"{t}_positive"] = int((known == 1).sum())
-    return out
-
-
 def site_labels_and_summary(row: SiteRow, clinical_cfg: Mapping[str, Any] | None, out_labels: str,
                             out_summary: str, layout_options: Mapping[str, Any] | None = None) -> None:
     """Rule ``labels``: harmonised ``labels.tsv`` (stays at the site) + aggregated ``summary.json``."""
