@@ -16,8 +16,9 @@ import pytest
 from fedglioma.evaluate.compare import comparison_table
 from fedglioma.evaluate.figures import dice_figure, new_figure, save_png
 from fedglioma.evaluate.site import summarise_site
+from fedglioma.report.cohort import cohort_summaries, cohort_table
 from fedglioma.report.figures import training_curves
-from fedglioma.report.html import SYNTHETIC_BANNER, build_report, cohort_summary, headline_table, headline_text
+from fedglioma.report.html import SYNTHETIC_BANNER, build_report, headline_table, headline_text
 from tests.browser import CHROMIUM, check_page
 
 SECTIONS = (
@@ -148,7 +149,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _build(inputs: dict, out: Path, **overrides) -> str:
     kwargs = {
-        "cohort": inputs["cohort"],
+        "cohort": cohort_summaries(inputs["cohort"]),
         "qc_exclusions": inputs["qc_ex"],
         "qc_images": inputs["qc_images"],
         "training_curves": inputs["training"],
@@ -227,15 +228,32 @@ def test_headline_table_and_text(inputs: dict) -> None:
     assert "External" in text and SYNTHETIC_BANNER in text and f"{m['segmentation']['dice']['median']:.3f}" in text
 
 
-def test_cohort_summary_counts(inputs: dict) -> None:
-    t = cohort_summary(inputs["cohort"], inputs["qc_ex"]).set_index("Site")
-    assert t.loc["SiteA", "Subjects"] == 4
+def test_cohort_table_counts(inputs: dict) -> None:
+    t = cohort_table(cohort_summaries(inputs["cohort"]), inputs["qc_ex"]).set_index("Site")
+    assert t.loc["SiteA", "Role"] == "train" and t.loc["SiteA", "Subjects"] == 4
     assert t.loc["SiteA", "IDH mutant"] == "2/3 (67%), 1 missing"
     assert t.loc["SiteA", "Grade (n per grade)"] == "2: 1 · 3: 1 · 4: 2"
-    assert t.loc["SiteA", "QC excluded"] == "2" and t.loc["SiteA", "Exclusion reasons"] == "motion (2)"
+    assert t.loc["SiteA", "QC excluded"] == 2 and t.loc["SiteA", "Exclusion reasons"] == "motion (2)"
     assert t.loc["External", "IDH mutant"].endswith("3 missing")
-    pre = pd.DataFrame({"site": ["X"], "n": [5]})  # already aggregated: shown as given
-    assert cohort_summary(pre, None).loc[0, "n"] == 5
+    assert "QC flagged" not in t.columns
+
+
+def test_cohort_table_from_site_summaries(inputs: dict) -> None:
+    """The workflow's path: one summary per site (summary.json), QC flags and exclusions; the same table as from
+    the subjects. A site whose subjects were all excluded still gets a row; a broken summary is named."""
+    summaries = cohort_summaries(inputs["cohort"])
+    per_site = pd.DataFrame(summaries)  # `fedglioma report --cohort` with one row per site
+    assert cohort_summaries(per_site) == summaries
+    qc_ex = pd.concat([inputs["qc_ex"], pd.DataFrame({"site": ["SiteC"], "subject": ["C1"], "reason": [None]})])
+    t = cohort_table(summaries, qc_ex, {"SiteA": 3, "External": 1}).set_index("Site")
+    assert t.loc["SiteA", "QC flagged"] == 3 and t.loc["SiteC", "QC flagged"] == 0
+    assert t.loc["SiteC", "Subjects"] == 0 and t.loc["SiteC", "Exclusion reasons"] == "unspecified (1)"
+    without_role = cohort_table(cohort_summaries(inputs["cohort"].drop(columns="role")))
+    assert "Role" not in without_role.columns and without_role["QC excluded"].tolist() == [0, 0]
+    from fedglioma.errors import InputError
+
+    with pytest.raises(InputError, match="cohort summary of site SiteA lacks grade_n"):
+        cohort_table([{k: v for k, v in summaries[1].items() if k != "grade_n"}])
 
 
 def test_training_curves_png_with_nan(inputs: dict) -> None:

@@ -11,6 +11,7 @@ from fedglioma.io.files import parse_pairs, read_json, read_tsv
 
 
 def _report(args: argparse.Namespace) -> int:
+    from fedglioma.report.cohort import cohort_summaries
     from fedglioma.report.figures import training_curves
     from fedglioma.report.html import build_report, headline_text
 
@@ -29,7 +30,7 @@ def _report(args: argparse.Namespace) -> int:
     )
     build_report(
         out,
-        cohort=read_tsv(args.cohort, what="cohort table"),
+        cohort=cohort_summaries(read_tsv(args.cohort, what="cohort table")),
         qc_exclusions=qc_ex,
         qc_images=parse_pairs(args.qc_image, flag="--qc-image"),
         training_curves=curves,
@@ -71,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cohort",
         required=True,
-        help="cohort TSV: site, subject, idh, codeletion, mgmt, grade [, role]; or per-site rows with n",
+        help="cohort TSV: site, subject, idh, codeletion, mgmt, grade [, role]; or one row per site with the fields "
+        "of results/sites/{site}/summary.json",
     )
     p.add_argument("--qc-exclusions", default=None, help="TSV: site, subject, reason")
     p.add_argument("--qc-image", action="append", metavar="SITE=PNG", help="QC overlay of a site (repeatable)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.atomic import write_text
-from fedglioma.constants import GRADES, TASKS
+from fedglioma.constants import GRADES
 from fedglioma.endpoints import POPULATION_LABEL
 from fedglioma.errors import InputError
 from fedglioma.evaluate.site import MARKER_NAME, MARKERS
+from fedglioma.report.cohort import cohort_table
 
 SYNTHETIC_BANNER = "Synthetic data, not for clinical conclusions."
 #: Figure names with a section of their own (``overlay*`` names go to the overlays section).
@@ -314,80 +315,6 @@ def segmentation_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fraction(values: pd.Series, positive: float) -> str:
-    known = values.dropna()
-    n_missing = int(values.isna().sum())
-    if known.empty:
-        text = "–"
-    else:
-        k = int((known == positive).sum())
-        text = f"{k}/{len(known)} ({100.0 * k / len(known):.0f}%)"
-    return text + (f", {n_missing} missing" if n_missing else "")
-
-
-def cohort_summary(cohort: pd.DataFrame, qc_exclusions: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-site cohort table: subjects, label prevalence with missing counts, QC exclusions with reasons.
-
-    ``cohort`` is either per subject (columns ``site, subject, idh, codeletion, mgmt, grade``; optional ``role``)
-    or already aggregated per site (a column ``n``; shown as given). ``qc_exclusions`` has ``site, subject,
-    reason``; only counts per reason are shown.
-    """
-    if "site" not in cohort.columns:
-        raise InputError("cohort table lacks column site")
-    exclusions = _exclusion_counts(qc_exclusions)
-    if "subject" not in cohort.columns:
-        out = cohort.copy()
-        out["QC excluded"] = out["site"].astype(str).map(lambda s: exclusions.get(s, ("0", ""))[0])
-        out["Exclusion reasons"] = out["site"].astype(str).map(lambda s: exclusions.get(s, ("0", ""))[1])
-        return out
-    missing = [c for c in TASKS if c not in cohort.columns]
-    if missing:
-        raise InputError(f"cohort table lacks label columns {missing}")
-    df = cohort.copy()
-    df["site"] = df["site"].astype(str)
-    for c in TASKS:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    rows = []
-    for site, g in df.groupby("site", sort=False):
-        grade = g["grade"]
-        known = grade.dropna()
-        grade_txt = " · ".join(f"{gr}: {int((known == gr).sum())}" for gr in GRADES) if not known.empty else "–"
-        if grade.isna().any():
-            grade_txt += f", {int(grade.isna().sum())} missing"
-        row = {"Site": site}
-        if "role" in g.columns:
-            row["Role"] = ", ".join(sorted(g["role"].dropna().astype(str).unique()))
-        row.update(
-            {
-                "Subjects": len(g),
-                "IDH mutant": _fraction(g["idh"], 1),
-                "1p/19q codeleted": _fraction(g["codeletion"], 1),
-                "MGMT methylated": _fraction(g["mgmt"], 1),
-                "Grade (n per grade)": grade_txt,
-                "QC excluded": exclusions.get(site, ("0", ""))[0],
-                "Exclusion reasons": exclusions.get(site, ("0", ""))[1],
-            }
-        )
-        rows.append(row)
-    for site, (n, reasons) in exclusions.items():  # sites whose subjects were all excluded
-        if site not in set(df["site"]):
-            rows.append({"Site": site, "Subjects": 0, "QC excluded": n, "Exclusion reasons": reasons})
-    return pd.DataFrame(rows)
-
-
-def _exclusion_counts(qc_exclusions: pd.DataFrame | None) -> dict[str, tuple[str, str]]:
-    if qc_exclusions is None or qc_exclusions.empty:
-        return {}
-    miss = [c for c in ("site", "reason") if c not in qc_exclusions.columns]
-    if miss:
-        raise InputError(f"QC exclusion table lacks columns {miss}")
-    out = {}
-    for site, g in qc_exclusions.assign(site=qc_exclusions["site"].astype(str)).groupby("site", sort=False):
-        counts = g["reason"].fillna("unspecified").astype(str).value_counts()
-        out[str(site)] = (str(len(g)), "; ".join(f"{r} ({n})" for r, n in counts.items()))
-    return out
-
-
 def _overlay_caption(name: str) -> str:
     rest = name.removeprefix("overlays").removeprefix("overlay").strip("_- ")
     if not rest:
@@ -449,8 +376,9 @@ def _provenance_html(provenance: Mapping[str, Any]) -> str:
 def build_report(
     out_html: Path,
     *,
-    cohort: pd.DataFrame,
+    cohort: Sequence[Mapping[str, Any]],
     qc_exclusions: pd.DataFrame,
+    qc_flagged: Mapping[str, int] | None = None,
     qc_images: dict[str, Path],
     training_curves: Path | None,
     metrics: dict,
@@ -462,6 +390,9 @@ def build_report(
 ) -> None:
     """Write the standalone report to ``out_html`` (atomically).
 
+    ``cohort`` holds the sites' cohort summaries (:func:`fedglioma.io.clinical.cohort_summary`; from a per-subject
+    table: :func:`fedglioma.report.cohort.cohort_summaries`), formatted with ``qc_exclusions`` (``site, subject,
+    reason``) and ``qc_flagged`` by :func:`fedglioma.report.cohort.cohort_table`.
     ``metrics`` is the external site's summary (:func:`fedglioma.evaluate.site.summarise_site`); ``figures``
     maps names to image files: ``roc``, ``reliability``, ``dice``, and ``overlay*`` (e.g. ``overlays`` or
     ``overlay_best``/``overlay_median``/``overlay_worst``); any other name is shown under "Other figures".
@@ -491,7 +422,7 @@ def build_report(
         head_body = head_note + _table(headline_table(metrics), extra_class="headline nowrap")
     sections.append(("headline", "Headline metrics", head_body))
 
-    cohort_body = _table(cohort_summary(cohort, qc_exclusions))
+    cohort_body = _table(cohort_table(cohort, qc_exclusions, qc_flagged))
     cohort_body += (
         '<p class="note">Prevalence is among subjects with a known label; missing labels are never '
         "imputed and those subjects are left out of that marker only.</p>"
