@@ -7,6 +7,7 @@ import argparse
 import base64
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from fedglioma.evaluate.figures import dice_figure, new_figure, save_png
 from fedglioma.evaluate.site import summarise_site
 from fedglioma.report.cohort import cohort_summaries, cohort_table
 from fedglioma.report.figures import training_curves
-from fedglioma.report.html import SYNTHETIC_BANNER, build_report, headline_table, headline_text
+from fedglioma.report.html import SYNTHETIC_BANNER, build_report, headline_table, headline_text, render_report
 from tests.browser import CHROMIUM, check_page
 
 SECTIONS = (
@@ -196,6 +197,79 @@ def test_report_without_optional_parts(inputs: dict, tmp_path: Path) -> None:
     assert "<img" not in page
     assert SYNTHETIC_BANNER not in page
     assert "No comparison given" in page
+
+
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
+HOSTILE = "<script>alert('x')</script> & \"q\""
+
+
+class _Page(HTMLParser):
+    """Start tags, visible text and nesting problems of a page (every non-void element must close in order)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.problems: list[str] = []
+        self._open: list[str] = []
+        self.feed(page)
+        self.close()
+        self.problems += [f"<{t}> never closed" for t in self._open]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self._open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open or self._open[-1] != tag:
+            self.problems.append(f"</{tag}> closes <{self._open[-1] if self._open else None}>")
+        else:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_report_escapes_caller_text_and_is_well_formed(inputs: dict, tmp_path: Path) -> None:
+    """Autoescaping: a site name, exclusion reason, figure name, provenance entry and title holding markup are
+    shown as text, never as elements; subject IDs never reach the page (counts only). The page parses with every
+    element closed in order, one section per table-of-contents entry, each with its heading."""
+    cohort = inputs["cohort"].assign(site=inputs["cohort"]["site"].replace({"SiteA": HOSTILE}),
+                                     subject=inputs["cohort"]["subject"].replace({"A1": "<script>SUBJ-A1</script>"}))
+    qc_ex = inputs["qc_ex"].assign(site=inputs["qc_ex"]["site"].replace({"SiteA": HOSTILE}), reason=HOSTILE)
+    page = _build(
+        inputs,
+        tmp_path / "index.html",
+        cohort=cohort_summaries(cohort),
+        qc_exclusions=qc_ex,
+        metrics={**inputs["metrics"], "site": HOSTILE},
+        qc_images={HOSTILE: inputs["qc_images"]["SiteA"]},
+        figures={**inputs["figures"], HOSTILE: inputs["figures"]["roc"]},
+        provenance={**inputs["provenance"], "git_commit": HOSTILE, "config": HOSTILE},
+        title=HOSTILE,
+    )
+    parsed = _Page(page)
+    assert not parsed.problems
+    assert [t for t, _ in parsed.tags].count("script") == 1  # the report's own script only
+    assert "alert" not in re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    text = "".join(parsed.text)
+    assert text.count(HOSTILE) >= 8  # title x2, subtitle, headline note, cohort row, reasons, QC, figure, provenance
+    assert f"{HOSTILE} (2)" in text  # the exclusion reason with its count
+    assert "SUBJ-A1" not in page  # no subject ID, harmless or not
+    sections = [a["id"] for t, a in parsed.tags if t == "section"]
+    assert sections == [a["href"].removeprefix("#") for t, a in parsed.tags if t == "a"]
+    assert sections == [*SECTIONS[:-1], "figures", "provenance"]
+    assert len([t for t, _ in parsed.tags if t == "h2"]) == len(sections)
+    alts = [a["alt"] for t, a in parsed.tags if t == "img"]
+    assert f"site {HOSTILE}" in alts and HOSTILE in alts  # attributes are escaped too
+
+
+def test_template_refuses_an_incomplete_context() -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render_report({"title": "t"})
 
 
 def test_report_missing_image_names_it(inputs: dict, tmp_path: Path) -> None:
