@@ -387,6 +387,42 @@ def test_report_cli(inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "Dice, whole tumour (median)" in capsys.readouterr().out
 
 
+def test_report_rule_formats_the_site_summaries(inputs: dict, tmp_path: Path) -> None:
+    """The workflow's report rule (pipeline.report): the cohort table comes from each site's summary.json and QC
+    summary, formatted like the per-subject one, with the QC flags."""
+    from fedglioma.atomic import write_json
+    from fedglioma.io.clinical import cohort_summary
+    from fedglioma.pipeline import report
+
+    sites = ["External", "SiteA"]
+    groups = dict(tuple(inputs["cohort"].groupby("site")))
+    for site, role in zip(sites, ["external", "train"], strict=True):
+        write_json(tmp_path / f"{site}_summary.json", cohort_summary(groups[site], site=site, role=role))
+        excluded = [{"subject": "A9", "reasons": "motion"}] if site == "SiteA" else []
+        write_json(tmp_path / f"{site}_qc.json", {"site": site, "n_flagged": 2 if site == "SiteA" else 0,
+                                                  "exclusions": excluded})
+    write_json(tmp_path / "metrics.json", inputs["metrics"])
+    (tmp_path / "figures").mkdir()
+    rule_inputs = {
+        "metrics": [str(tmp_path / "metrics.json")],
+        "figures": [str(tmp_path / "figures")],
+        "cohort": [str(tmp_path / f"{s}_summary.json") for s in sites],
+        "qc": [str(tmp_path / f"{s}_qc.json") for s in sites],
+        "qc_examples": [str(inputs["qc_images"][s]) for s in sites],
+        "curves": str(inputs["training"]),
+    }
+    report(rule_inputs, str(tmp_path / "index.html"), str(tmp_path / "headline.json"),
+           config={"demo": {"enabled": True}}, external="External", sites=sites, models=["federated"])
+    page = (tmp_path / "index.html").read_text()
+    cohort = re.search(r'<section id="cohort">.*?</section>', page, re.S).group(0)
+    heads = re.findall(r"<th>([^<]*)</th>", cohort)
+    assert heads == ["Site", "Role", "Subjects", "IDH mutant", "1p/19q codeleted", "MGMT methylated",
+                     "Grade (n per grade)", "QC flagged", "QC excluded", "Exclusion reasons"]
+    cells = re.findall(r"<td>([^<]*)</td>", cohort)
+    assert cells[10:] == ["SiteA", "train", "4", "2/3 (67%), 1 missing", "1/3 (33%), 1 missing", "2/4 (50%)",
+                          "2: 1 · 3: 1 · 4: 2", "2", "1", "motion (1)"]
+
+
 # ------------------------------------------------------------------------------------------ real browser
 
 @pytest.mark.slow
