@@ -49,11 +49,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_package_comes_from_the_install(installed: Path) -> None:
     res = subprocess.run([str(installed / "python"), "-c",
                           "import fedglioma, fedglioma.config as c; print(fedglioma.__file__); "
-                          "print(sorted(p.name for p in c.SCHEMA_DIR.iterdir()))"],
+                          "print(sorted(p.name for p in c.SCHEMA_DIR.iterdir())); "
+                          "from fedglioma.report.html import _environment as e; print(sorted(e().list_templates()))"],
                          capture_output=True, text=True, check=True, cwd="/", env=ENV)
-    origin, schemas = res.stdout.splitlines()
+    origin, schemas, templates = res.stdout.splitlines()
     assert str(installed.parent) in origin and str(REPO) not in origin
     assert schemas == "['config.schema.yaml', 'sites.schema.yaml']"
+    assert templates == "['report.css', 'report.html.j2', 'report.js']"
 
 
 def test_check_inputs_and_dry_run_from_the_install(installed: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from fedglioma.cli import main
 from fedglioma.config import load_sites
 from fedglioma.errors import InputError
-from fedglioma.io.clinical import ClinicalMapping, harmonise, parse_grade, site_labels
+from fedglioma.io.clinical import ClinicalMapping, cohort_summary, harmonise, parse_grade, site_labels
 from fedglioma.io.layouts import LAYOUTS, discover
 from fedglioma.io.nifti import load_nifti
 from tests.conftest import LAYOUT_IDS, LAYOUT_LABELS, make_site, write_nifti, write_sites_tsv
@@ -148,6 +148,18 @@ def test_site_labels_keeps_missing_and_rejects_orphans(tmp_path: Path) -> None:
     assert out["idh"][0] == 1.0 and out["idh"].isna().tolist() == [False, True]
     with pytest.raises(InputError, match="no images"):
         site_labels(["b"], clin, ClinicalMapping(), site="s")
+
+
+def test_cohort_summary_counts_known_and_missing_labels() -> None:
+    labels = pd.DataFrame({"subject": ["a", "b", "c", "d"], "idh": [1.0, 0.0, np.nan, 1.0],
+                           "codeletion": [np.nan] * 4, "mgmt": [1.0, 1.0, 0.0, 0.0], "grade": [2.0, 4.0, 4.0, np.nan]})
+    s = cohort_summary(labels, site="S", role="train")
+    assert s == {"site": "S", "role": "train", "n": 4,
+                 "idh_n": 3, "idh_missing": 1, "idh_positive": 2,
+                 "codeletion_n": 0, "codeletion_missing": 4, "codeletion_positive": 0,
+                 "mgmt_n": 4, "mgmt_missing": 0, "mgmt_positive": 2,
+                 "grade_n": 3, "grade_missing": 1, "grade2": 1, "grade3": 0, "grade4": 2}
+    assert all(type(v) is int for k, v in s.items() if k not in ("site", "role"))  # plain JSON numbers
 
 
 def test_load_nifti_errors(tmp_path: Path) -> None:

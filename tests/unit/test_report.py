@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ import pytest
 from fedglioma.evaluate.compare import comparison_table
 from fedglioma.evaluate.figures import dice_figure, new_figure, save_png
 from fedglioma.evaluate.site import summarise_site
+from fedglioma.io.clinical import cohort_summary
+from fedglioma.report.cohort import cohort_table
 from fedglioma.report.figures import training_curves
-from fedglioma.report.html import SYNTHETIC_BANNER, build_report, cohort_summary, headline_table, headline_text
+from fedglioma.report.html import SYNTHETIC_BANNER, build_report, headline_table, headline_text, render_report
 from tests.browser import CHROMIUM, check_page
 
 SECTIONS = (
@@ -32,6 +35,15 @@ SECTIONS = (
     "provenance",
 )
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cohort_summaries(table: pd.DataFrame) -> list[dict]:
+    """The sites' summary.json contents (rule labels) from a per-subject cohort table."""
+    numeric = table.assign(**{t: pd.to_numeric(table[t], errors="coerce") for t in ("idh", "codeletion", "mgmt",
+                                                                                   "grade")})
+    return [cohort_summary(g, site=str(site), role=", ".join(sorted(g["role"].dropna().astype(str).unique()))
+                           if "role" in g.columns else None)
+            for site, g in numeric.groupby("site", sort=False)]
 
 
 def _png(path: Path, colour: str = "C0") -> Path:
@@ -147,7 +159,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _build(inputs: dict, out: Path, **overrides) -> str:
     kwargs = {
-        "cohort": inputs["cohort"],
+        "cohort": cohort_summaries(inputs["cohort"]),
         "qc_exclusions": inputs["qc_ex"],
         "qc_images": inputs["qc_images"],
         "training_curves": inputs["training"],
@@ -196,6 +208,79 @@ def test_report_without_optional_parts(inputs: dict, tmp_path: Path) -> None:
     assert "No comparison given" in page
 
 
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
+HOSTILE = "<script>alert('x')</script> & \"q\""
+
+
+class _Page(HTMLParser):
+    """Start tags, visible text and nesting problems of a page (every non-void element must close in order)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.problems: list[str] = []
+        self._open: list[str] = []
+        self.feed(page)
+        self.close()
+        self.problems += [f"<{t}> never closed" for t in self._open]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self._open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open or self._open[-1] != tag:
+            self.problems.append(f"</{tag}> closes <{self._open[-1] if self._open else None}>")
+        else:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_report_escapes_caller_text_and_is_well_formed(inputs: dict, tmp_path: Path) -> None:
+    """Autoescaping: a site name, exclusion reason, figure name, provenance entry and title holding markup are
+    shown as text, never as elements; subject IDs never reach the page (counts only). The page parses with every
+    element closed in order, one section per table-of-contents entry, each with its heading."""
+    cohort = inputs["cohort"].assign(site=inputs["cohort"]["site"].replace({"SiteA": HOSTILE}),
+                                     subject=inputs["cohort"]["subject"].replace({"A1": "<script>SUBJ-A1</script>"}))
+    qc_ex = inputs["qc_ex"].assign(site=inputs["qc_ex"]["site"].replace({"SiteA": HOSTILE}), reason=HOSTILE)
+    page = _build(
+        inputs,
+        tmp_path / "index.html",
+        cohort=cohort_summaries(cohort),
+        qc_exclusions=qc_ex,
+        metrics={**inputs["metrics"], "site": HOSTILE},
+        qc_images={HOSTILE: inputs["qc_images"]["SiteA"]},
+        figures={**inputs["figures"], HOSTILE: inputs["figures"]["roc"]},
+        provenance={**inputs["provenance"], "git_commit": HOSTILE, "config": HOSTILE},
+        title=HOSTILE,
+    )
+    parsed = _Page(page)
+    assert not parsed.problems
+    assert [t for t, _ in parsed.tags].count("script") == 1  # the report's own script only
+    assert "alert" not in re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    text = "".join(parsed.text)
+    assert text.count(HOSTILE) >= 8  # title x2, subtitle, headline note, cohort row, reasons, QC, figure, provenance
+    assert f"{HOSTILE} (2)" in text  # the exclusion reason with its count
+    assert "SUBJ-A1" not in page  # no subject ID, harmless or not
+    sections = [a["id"] for t, a in parsed.tags if t == "section"]
+    assert sections == [a["href"].removeprefix("#") for t, a in parsed.tags if t == "a"]
+    assert sections == [*SECTIONS[:-1], "figures", "provenance"]
+    assert len([t for t, _ in parsed.tags if t == "h2"]) == len(sections)
+    alts = [a["alt"] for t, a in parsed.tags if t == "img"]
+    assert f"site {HOSTILE}" in alts and HOSTILE in alts  # attributes are escaped too
+
+
+def test_template_refuses_an_incomplete_context() -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render_report({"title": "t"})
+
+
 def test_report_missing_image_names_it(inputs: dict, tmp_path: Path) -> None:
     from fedglioma.errors import InputError
 
@@ -226,15 +311,30 @@ def test_headline_table_and_text(inputs: dict) -> None:
     assert "External" in text and SYNTHETIC_BANNER in text and f"{m['segmentation']['dice']['median']:.3f}" in text
 
 
-def test_cohort_summary_counts(inputs: dict) -> None:
-    t = cohort_summary(inputs["cohort"], inputs["qc_ex"]).set_index("Site")
-    assert t.loc["SiteA", "Subjects"] == 4
+def test_cohort_table_counts(inputs: dict) -> None:
+    t = cohort_table(cohort_summaries(inputs["cohort"]), inputs["qc_ex"]).set_index("Site")
+    assert t.loc["SiteA", "Role"] == "train" and t.loc["SiteA", "Subjects"] == 4
     assert t.loc["SiteA", "IDH mutant"] == "2/3 (67%), 1 missing"
     assert t.loc["SiteA", "Grade (n per grade)"] == "2: 1 · 3: 1 · 4: 2"
-    assert t.loc["SiteA", "QC excluded"] == "2" and t.loc["SiteA", "Exclusion reasons"] == "motion (2)"
+    assert t.loc["SiteA", "QC excluded"] == 2 and t.loc["SiteA", "Exclusion reasons"] == "motion (2)"
     assert t.loc["External", "IDH mutant"].endswith("3 missing")
-    pre = pd.DataFrame({"site": ["X"], "n": [5]})  # already aggregated: shown as given
-    assert cohort_summary(pre, None).loc[0, "n"] == 5
+    assert "QC flagged" not in t.columns
+
+
+def test_cohort_table_from_site_summaries(inputs: dict) -> None:
+    """The workflow's path: one summary per site (summary.json), QC flags and exclusions; the same table as from
+    the subjects. A site whose subjects were all excluded still gets a row; a broken summary is named."""
+    summaries = cohort_summaries(inputs["cohort"])
+    qc_ex = pd.concat([inputs["qc_ex"], pd.DataFrame({"site": ["SiteC"], "subject": ["C1"], "reason": [None]})])
+    t = cohort_table(summaries, qc_ex, {"SiteA": 3, "External": 1}).set_index("Site")
+    assert t.loc["SiteA", "QC flagged"] == 3 and t.loc["SiteC", "QC flagged"] == 0
+    assert t.loc["SiteC", "Subjects"] == 0 and t.loc["SiteC", "Exclusion reasons"] == "unspecified (1)"
+    without_role = cohort_table(cohort_summaries(inputs["cohort"].drop(columns="role")))
+    assert "Role" not in without_role.columns and without_role["QC excluded"].tolist() == [0, 0]
+    from fedglioma.errors import InputError
+
+    with pytest.raises(InputError, match="cohort summary of site SiteA lacks grade_n"):
+        cohort_table([{k: v for k, v in summaries[1].items() if k != "grade_n"}])
 
 
 def test_training_curves_png_with_nan(inputs: dict) -> None:
@@ -254,6 +354,38 @@ def test_headline_cli(inputs: dict, tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "m.json").write_text(json.dumps(inputs["metrics"]))
     assert main(["report", "headline", "--metrics", str(tmp_path / "m.json")]) == 0
     assert "Dice, whole tumour (median)" in capsys.readouterr().out
+
+
+def test_report_rule_formats_the_site_summaries(inputs: dict, tmp_path: Path) -> None:
+    """The workflow's report step (rule report, `fedglioma report html`): the cohort table comes from each site's
+    summary.json and QC summary, formatted like the per-subject one, with the QC flags."""
+    from fedglioma.atomic import write_json
+    from fedglioma.io.clinical import cohort_summary
+    from fedglioma.report.steps import write_report
+
+    sites = ["External", "SiteA"]
+    groups = dict(tuple(inputs["cohort"].groupby("site")))
+    for site, role in zip(sites, ["external", "train"], strict=True):
+        write_json(tmp_path / f"{site}_summary.json", cohort_summary(groups[site], site=site, role=role))
+        excluded = [{"subject": "A9", "reasons": "motion"}] if site == "SiteA" else []
+        write_json(tmp_path / f"{site}_qc.json", {"site": site, "n_flagged": 2 if site == "SiteA" else 0,
+                                                  "exclusions": excluded})
+    write_json(tmp_path / "metrics.json", inputs["metrics"])
+    (tmp_path / "figures").mkdir()
+    write_report(metrics=[str(tmp_path / "metrics.json")], figures=[str(tmp_path / "figures")],
+                 cohort=[str(tmp_path / f"{s}_summary.json") for s in sites],
+                 qc=[str(tmp_path / f"{s}_qc.json") for s in sites],
+                 qc_examples=[str(inputs["qc_images"][s]) for s in sites], curves=str(inputs["training"]),
+                 html=str(tmp_path / "index.html"), headline=str(tmp_path / "headline.json"),
+                 config={"demo": {"enabled": True}}, external="External", sites=sites, models=["federated"])
+    page = (tmp_path / "index.html").read_text()
+    cohort = re.search(r'<section id="cohort">.*?</section>', page, re.S).group(0)
+    heads = re.findall(r"<th>([^<]*)</th>", cohort)
+    assert heads == ["Site", "Role", "Subjects", "IDH mutant", "1p/19q codeleted", "MGMT methylated",
+                     "Grade (n per grade)", "QC flagged", "QC excluded", "Exclusion reasons"]
+    cells = re.findall(r"<td>([^<]*)</td>", cohort)
+    assert cells[10:] == ["SiteA", "train", "4", "2/3 (67%), 1 missing", "1/3 (33%), 1 missing", "2/4 (50%)",
+                          "2: 1 · 3: 1 · 4: 2", "2", "1", "motion (1)"]
 
 
 # ------------------------------------------------------------------------------------------ real browser

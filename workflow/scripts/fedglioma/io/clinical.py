@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedglioma.constants import TASKS
+from fedglioma.constants import GRADES, TASKS
 from fedglioma.errors import InputError
 
 MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate",
@@ -179,6 +179,27 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def cohort_summary(labels: pd.DataFrame, *, site: str, role: str | None) -> dict[str, Any]:
+    """A site's cohort in aggregate numbers (no subject IDs): what ``results/sites/{site}/summary.json`` holds and
+    the report's cohort table is formatted from (:func:`fedglioma.report.cohort.cohort_table`).
+
+    Keys: ``site``, ``role``, ``n`` (subjects); per task ``{task}_n`` (known labels) and ``{task}_missing``; per
+    binary task ``{task}_positive`` (label 1); for the grade ``grade2``, ``grade3``, ``grade4``.
+    """
+    out: dict[str, Any] = {"site": site, "role": role, "n": len(labels)}
+    for t in TASKS:
+        col = labels[t]
+        known = col.dropna()
+        out[f"{t}_n"] = int(known.size)
+        out[f"{t}_missing"] = int(col.isna().sum())
+        if t == "grade":
+            for g in GRADES:
+                out[f"grade{g}"] = int((known == g).sum())
+        else:
+            out[f"{t}_positive"] = int((known == 1).sum())
+    return out
+
+
 def site_labels(
     subjects: list[str],
     clinical: str | Path | None,
@@ -217,22 +238,6 @@ def write_site_labels(row: Any, clinical_cfg: Mapping[str, Any] | None, out: str
                          ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site)
     write_labels(labels, out)
     return labels
-
-
-def cohort_summary(labels: pd.DataFrame, *, site: str, role: str) -> dict[str, Any]:
-    """Site-aggregated cohort numbers: n, label prevalence and missing counts (no subject IDs)."""
-    out: dict[str, Any] = {"site": site, "role": role, "n": len(labels)}
-    for t in TASKS:
-        col = labels[t]
-        known = col.dropna()
-        out[f"{t}_n"] = int(known.size)
-        out[f"{t}_missing"] = int(col.isna().sum())
-        if t == "grade":
-            for g in (2, 3, 4):
-                out[f"grade{g}"] = int((known == g).sum())
-        else:
-            out[f"{t}_positive"] = int((known == 1).sum())
-    return out
 
 
 def harmonise_site(row: Any, labels: str, summary: str, *, clinical_cfg: Mapping[str, Any],

@@ -1,64 +1,55 @@
 """The standalone HTML report: one ``index.html`` that needs nothing but a browser.
 
-Every figure is embedded as a base64 ``data:`` URI; CSS is inline; a Content-Security-Policy forbids any network
-request (``default-src 'none'; img-src data:``). A tiny inline script records whether every image decoded and
-whether any script error occurred (``<html data-images-ok="n/m" data-js-errors="k">``), which the browser test
-reads.
+The page is rendered from the Jinja2 template ``templates/report.html.j2`` with autoescaping on, so every value
+from the context is HTML-escaped by the template. This module builds the context: the tables as pandas
+DataFrames (:func:`headline_table`, :func:`marker_table`, :func:`segmentation_table`, the cohort table of
+:mod:`fedglioma.report.cohort`), figures and provenance as plain data (:func:`report_context`); the template only
+lays them out (:func:`render_report`). Tables go into the page through ``DataFrame.to_html(escape=True)``, the one
+piece of HTML that is not escaped again.
+
+Every figure is embedded as a base64 ``data:`` URI; CSS (``templates/report.css``) is inline; a
+Content-Security-Policy forbids any network request (``default-src 'none'; img-src data:``). A tiny inline script
+(``templates/report.js``) records whether every image decoded and whether any script error occurred
+(``<html data-images-ok="n/m" data-js-errors="k">``), which the browser test reads.
 
 Sections (ids in parentheses): headline metrics (``headline``), cohort per site (``cohort``), QC overlay per site
 (``qc``), training curves (``training``), ROC curves (``roc``), reliability (``reliability``), Dice distribution
 (``dice``), best/median/worst overlays (``overlays``), model comparison (``comparison``), other figures
-(``figures``, only if any), provenance (``provenance``).
+(``figures``, only if any), provenance (``provenance``). The four external-evaluation sections are left out when
+the federated model's external evaluation is not applicable (``metrics["not_applicable"]``).
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
-from collections.abc import Mapping
-from importlib import resources
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from fedglioma.atomic import write_text
-from fedglioma.constants import GRADES, TASKS
+from fedglioma.constants import GRADES
 from fedglioma.endpoints import POPULATION_LABEL
 from fedglioma.errors import InputError
 from fedglioma.evaluate.site import MARKER_NAME, MARKERS
+from fedglioma.report.cohort import cohort_table
 
 SYNTHETIC_BANNER = "Synthetic data, not for clinical conclusions."
 #: Figure names with a section of their own (``overlay*`` names go to the overlays section).
 KNOWN_FIGURES: tuple[str, ...] = ("roc", "reliability", "dice")
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-
-_SCRIPT = """
-(function () {
-  var errors = 0, root = document.documentElement;
-  root.setAttribute("data-js-errors", "0");
-  window.addEventListener("error", function () { errors += 1; root.setAttribute("data-js-errors", String(errors)); },
-                          true);
-  window.addEventListener("load", function () {
-    var imgs = document.images, ok = 0;
-    for (var i = 0; i < imgs.length; i++) {
-      if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok += 1; } else { imgs[i].setAttribute("data-broken", "1"); }
-    }
-    root.setAttribute("data-images-ok", ok + "/" + imgs.length);
-  });
-})();
-"""
+TEMPLATE = "report.html.j2"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -93,25 +84,28 @@ def data_uri(path: str | Path, *, name: str = "figure") -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
-def _figure(path: str | Path | None, caption: str, *, name: str, alt: str | None = None) -> str:
-    if path is None:
-        return f'<p class="muted">{_e(caption)}: not available.</p>'
-    return (
-        f'<figure><img src="{data_uri(path, name=name)}" alt="{_e(alt or caption)}" loading="eager">'
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
-    )
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the page: ``src`` is the image as a ``data:`` URI, or None for "<caption>: not available"."""
+
+    caption: str
+    src: str | None
 
 
-def _table(df: pd.DataFrame, *, extra_class: str = "") -> str:
-    if df is None or df.empty:
-        return '<p class="muted">No rows.</p>'
-    classes = ["table", *extra_class.split()]
-    body = df.to_html(index=False, escape=True, classes=classes, border=0, na_rep="–", justify="left")
-    return f'<div class="scroll">{body}</div>'
+def _figure(path: str | Path | None, caption: str, *, name: str) -> Figure:
+    """The image at ``path`` embedded (``name`` says which image in an error), or "not available" if None."""
+    return Figure(caption, None if path is None else data_uri(path, name=name))
 
 
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}">\n<h2>{_e(title)}</h2>\n{body}\n</section>'
+def _table_html(df: pd.DataFrame, *, extra_class: str = "") -> Markup | None:
+    """A table as HTML for the template (None when there are no rows: the template says so)."""
+    if df.empty:
+        return None
+    html = df.to_html(index=False, escape=True, classes=["table", *extra_class.split()], border=0, na_rep="–",
+                      justify="left")
+    # The one place raw HTML enters the page: pandas has escaped every header and cell (escape=True) and the
+    # classes are this module's constants, so the template may insert it as it is.
+    return Markup(html)
 
 
 def _is_synthetic(provenance: Mapping[str, Any]) -> bool:
@@ -314,80 +308,6 @@ def segmentation_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fraction(values: pd.Series, positive: float) -> str:
-    known = values.dropna()
-    n_missing = int(values.isna().sum())
-    if known.empty:
-        text = "–"
-    else:
-        k = int((known == positive).sum())
-        text = f"{k}/{len(known)} ({100.0 * k / len(known):.0f}%)"
-    return text + (f", {n_missing} missing" if n_missing else "")
-
-
-def cohort_summary(cohort: pd.DataFrame, qc_exclusions: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-site cohort table: subjects, label prevalence with missing counts, QC exclusions with reasons.
-
-    ``cohort`` is either per subject (columns ``site, subject, idh, codeletion, mgmt, grade``; optional ``role``)
-    or already aggregated per site (a column ``n``; shown as given). ``qc_exclusions`` has ``site, subject,
-    reason``; only counts per reason are shown.
-    """
-    if "site" not in cohort.columns:
-        raise InputError("cohort table lacks column site")
-    exclusions = _exclusion_counts(qc_exclusions)
-    if "subject" not in cohort.columns:
-        out = cohort.copy()
-        out["QC excluded"] = out["site"].astype(str).map(lambda s: exclusions.get(s, ("0", ""))[0])
-        out["Exclusion reasons"] = out["site"].astype(str).map(lambda s: exclusions.get(s, ("0", ""))[1])
-        return out
-    missing = [c for c in TASKS if c not in cohort.columns]
-    if missing:
-        raise InputError(f"cohort table lacks label columns {missing}")
-    df = cohort.copy()
-    df["site"] = df["site"].astype(str)
-    for c in TASKS:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    rows = []
-    for site, g in df.groupby("site", sort=False):
-        grade = g["grade"]
-        known = grade.dropna()
-        grade_txt = " · ".join(f"{gr}: {int((known == gr).sum())}" for gr in GRADES) if not known.empty else "–"
-        if grade.isna().any():
-            grade_txt += f", {int(grade.isna().sum())} missing"
-        row = {"Site": site}
-        if "role" in g.columns:
-            row["Role"] = ", ".join(sorted(g["role"].dropna().astype(str).unique()))
-        row.update(
-            {
-                "Subjects": len(g),
-                "IDH mutant": _fraction(g["idh"], 1),
-                "1p/19q codeleted": _fraction(g["codeletion"], 1),
-                "MGMT methylated": _fraction(g["mgmt"], 1),
-                "Grade (n per grade)": grade_txt,
-                "QC excluded": exclusions.get(site, ("0", ""))[0],
-                "Exclusion reasons": exclusions.get(site, ("0", ""))[1],
-            }
-        )
-        rows.append(row)
-    for site, (n, reasons) in exclusions.items():  # sites whose subjects were all excluded
-        if site not in set(df["site"]):
-            rows.append({"Site": site, "Subjects": 0, "QC excluded": n, "Exclusion reasons": reasons})
-    return pd.DataFrame(rows)
-
-
-def _exclusion_counts(qc_exclusions: pd.DataFrame | None) -> dict[str, tuple[str, str]]:
-    if qc_exclusions is None or qc_exclusions.empty:
-        return {}
-    miss = [c for c in ("site", "reason") if c not in qc_exclusions.columns]
-    if miss:
-        raise InputError(f"QC exclusion table lacks columns {miss}")
-    out = {}
-    for site, g in qc_exclusions.assign(site=qc_exclusions["site"].astype(str)).groupby("site", sort=False):
-        counts = g["reason"].fillna("unspecified").astype(str).value_counts()
-        out[str(site)] = (str(len(g)), "; ".join(f"{r} ({n})" for r, n in counts.items()))
-    return out
-
-
 def _overlay_caption(name: str) -> str:
     rest = name.removeprefix("overlays").removeprefix("overlay").strip("_- ")
     if not rest:
@@ -403,29 +323,32 @@ def _comparison_display(comparison: pd.DataFrame) -> pd.DataFrame:
     return comparison
 
 
-def _provenance_html(provenance: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class ProvenanceBlock:
+    """A titled part of the provenance section: a table (``text`` None; ``table`` None if it has no rows) or
+    preformatted text shown collapsed."""
+
+    title: str
+    table: Markup | None = None
+    text: str | None = None
+
+
+def _provenance(provenance: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[ProvenanceBlock]]:
+    """Scalar entries as (label, value) rows; package versions as a table; other mappings and lists as JSON and
+    the configuration as YAML (JSON if it cannot be), each a collapsed block, the configuration last."""
     rows: list[tuple[str, str]] = []
-    blocks: list[str] = []
+    blocks: list[ProvenanceBlock] = []
     labels = {"git_commit": "Git commit", "model_sha256": "SHA-256 of the final model", "synthetic": "Synthetic data"}
     for key, value in provenance.items():
         if key == "config":
             continue
         if key == "packages" and isinstance(value, Mapping):
             pk = pd.DataFrame({"Package": list(value), "Version": [str(v) for v in value.values()]})
-            blocks.append(f"<h3>Package versions</h3>{_table(pk)}")
+            blocks.append(ProvenanceBlock("Package versions", table=_table_html(pk)))
         elif isinstance(value, Mapping | list | tuple):
-            text = json.dumps(value, indent=2, sort_keys=True, default=str)
-            blocks.append(f"<details><summary>{_e(key)}</summary><pre><code>{_e(text)}</code></pre></details>")
+            blocks.append(ProvenanceBlock(key, text=json.dumps(value, indent=2, sort_keys=True, default=str)))
         else:
-            rows.append((labels.get(key, key.replace("_", " ")), f"<code>{_e(value)}</code>"))
-    body = ""
-    if rows:
-        body += (
-            '<div class="scroll"><table class="table"><tbody>'
-            + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
-            + "</tbody></table></div>"
-        )
-    body += "".join(blocks)
+            rows.append((labels.get(key, key.replace("_", " ")), str(value)))
     if "config" in provenance:
         config = provenance["config"]
         if isinstance(config, str):
@@ -437,8 +360,8 @@ def _provenance_html(provenance: Mapping[str, Any]) -> str:
                 text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
             except Exception:  # non-YAML-able values: fall back to JSON
                 text = json.dumps(config, indent=2, default=str)
-        body += f"<details><summary>Configuration</summary><pre><code>{_e(text)}</code></pre></details>"
-    return body or '<p class="muted">No provenance given.</p>'
+        blocks.append(ProvenanceBlock("Configuration", text=text))
+    return rows, blocks
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -446,22 +369,125 @@ def _provenance_html(provenance: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def report_context(
+    *,
+    cohort: Sequence[Mapping[str, Any]],
+    qc_exclusions: pd.DataFrame,
+    qc_flagged: Mapping[str, int] | None = None,
+    qc_images: Mapping[str, Path],
+    training_curves: Path | None,
+    metrics: Mapping[str, Any],
+    comparison: pd.DataFrame | None,
+    figures: Mapping[str, Path],
+    provenance: Mapping[str, Any],
+    synthetic: bool | None = None,
+    title: str = "fedglioma: federated glioma MRI, external evaluation",
+) -> dict[str, Any]:
+    """Everything the template shows, as data (arguments as for :func:`build_report`; images are read here, so a
+    missing one is an :class:`~fedglioma.errors.InputError` before anything is written).
+
+    Keys: ``title``, ``site``, ``synthetic_banner`` (None unless synthetic), ``sections`` (ids in page order),
+    ``not_applicable``, ``n_boot``, ``seed``, ``evaluation`` (:func:`_evaluation`; None when the external
+    evaluation is not applicable), ``cohort_table``, ``comparison_table`` (tables as HTML, None when empty or not
+    given), ``qc_figures``, ``training_figure``, ``other_figures`` (:class:`Figure` s), ``provenance_rows``
+    ((label, value) pairs) and ``provenance_blocks`` (:class:`ProvenanceBlock` s).
+    """
+    synthetic = _is_synthetic(provenance) if synthetic is None else synthetic
+    not_applicable = metrics.get("not_applicable")
+    evaluation = None if not_applicable else _evaluation(metrics, figures)
+    others = {k: v for k, v in figures.items() if k not in KNOWN_FIGURES and not k.startswith("overlay")}
+    sections = ["headline", "cohort", "qc", "training"]
+    if evaluation is not None:
+        sections += ["roc", "reliability", "dice", "overlays"]
+    sections.append("comparison")
+    if others:
+        sections.append("figures")
+    sections.append("provenance")
+    provenance_rows, provenance_blocks = _provenance(provenance)
+    return {
+        "title": title,
+        "site": metrics.get("site"),
+        "synthetic_banner": SYNTHETIC_BANNER if synthetic else None,
+        "sections": sections,
+        "not_applicable": not_applicable,
+        "n_boot": metrics.get("n_boot", "–"),
+        "seed": metrics.get("seed", "–"),
+        "evaluation": evaluation,
+        "cohort_table": _table_html(cohort_table(cohort, qc_exclusions, qc_flagged)),
+        "qc_figures": [_figure(p, f"site {s}", name=f"QC image of site {s}") for s, p in sorted(qc_images.items())],
+        "training_figure": _figure(
+            training_curves, "Loss, validation Dice and mean validation AUC per site and round", name="training curves"
+        ),
+        "comparison_table": None
+        if comparison is None or comparison.empty
+        else _table_html(_comparison_display(comparison), extra_class="nowrap"),
+        "other_figures": [_figure(p, k, name=k) for k, p in others.items()],
+        "provenance_rows": provenance_rows,
+        "provenance_blocks": provenance_blocks,
+    }
+
+
+def _evaluation(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> dict[str, Any]:
+    """The external evaluation's tables (HTML, None when empty) and figures: ``headline_table``, ``roc_figure``,
+    ``marker_table``, ``reliability_figure``, ``dice_figure``, ``segmentation_table``, ``overlay_figures``."""
+    level = int(round(100 * float(metrics.get("level", 0.95))))
+    return {
+        "headline_table": _table_html(headline_table(metrics), extra_class="headline nowrap"),
+        "roc_figure": _figure(
+            figures.get("roc"), f"ROC curves per marker with {level}% bootstrap bands (external site)", name="roc"
+        ),
+        "marker_table": _table_html(marker_table(metrics), extra_class="nowrap"),
+        "reliability_figure": _figure(
+            figures.get("reliability"),
+            "Reliability curves (uniform bins; point area ∝ subjects in the bin) and Brier scores",
+            name="reliability",
+        ),
+        "dice_figure": _figure(figures.get("dice"), "Dice per subject (box: quartiles; points: subjects)", name="dice"),
+        "segmentation_table": _table_html(segmentation_table(metrics)),
+        "overlay_figures": [
+            _figure(p, _overlay_caption(k), name=k) for k, p in figures.items() if k.startswith("overlay")
+        ],
+    }
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The template environment: the package's ``templates/`` folder, autoescaping on, undefined names an error."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fedglioma.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_report(context: Mapping[str, Any]) -> str:
+    """The page from :func:`report_context`'s output."""
+    return _environment().get_template(TEMPLATE).render(context)
+
+
 def build_report(
     out_html: Path,
     *,
-    cohort: pd.DataFrame,
+    cohort: Sequence[Mapping[str, Any]],
     qc_exclusions: pd.DataFrame,
-    qc_images: dict[str, Path],
+    qc_flagged: Mapping[str, int] | None = None,
+    qc_images: Mapping[str, Path],
     training_curves: Path | None,
-    metrics: dict,
+    metrics: Mapping[str, Any],
     comparison: pd.DataFrame | None,
-    figures: dict[str, Path],
-    provenance: dict,
+    figures: Mapping[str, Path],
+    provenance: Mapping[str, Any],
     synthetic: bool | None = None,
     title: str = "fedglioma: federated glioma MRI, external evaluation",
 ) -> None:
     """Write the standalone report to ``out_html`` (atomically).
 
+    ``cohort`` holds the sites' cohort summaries (:func:`fedglioma.io.clinical.cohort_summary`; from a per-subject
+    table: :func:`fedglioma.report.cohort.cohort_summaries`), formatted with ``qc_exclusions`` (``site, subject,
+    reason``) and ``qc_flagged`` by :func:`fedglioma.report.cohort.cohort_table`.
     ``metrics`` is the external site's summary (:func:`fedglioma.evaluate.site.summarise_site`); ``figures``
     maps names to image files: ``roc``, ``reliability``, ``dice``, and ``overlay*`` (e.g. ``overlays`` or
     ``overlay_best``/``overlay_median``/``overlay_worst``); any other name is shown under "Other figures".
@@ -470,145 +496,17 @@ def build_report(
     ``git_commit``, ``model_sha256``; other keys are shown too. ``synthetic`` (default: ``provenance["synthetic"]``,
     else ``provenance["config"]["demo"]["enabled"]``) adds the synthetic-data banner.
     """
-    synthetic = _is_synthetic(provenance) if synthetic is None else synthetic
-    site = metrics.get("site")
-    level = int(round(100 * float(metrics.get("level", 0.95))))
-    sections: list[tuple[str, str, str]] = []
-    not_applicable = metrics.get("not_applicable")
-
-    head_note = (
-        f'<p class="note">External site <b>{_e(site or "–")}</b>, never used for training, model '
-        "selection or thresholds. AUC intervals: stratified percentile bootstrap "
-        f"({_e(metrics.get('n_boot', '–'))} resamples, seed {_e(metrics.get('seed', '–'))}); n counts the "
-        "subjects with that label (pos/neg).</p>"
+    context = report_context(
+        cohort=cohort,
+        qc_exclusions=qc_exclusions,
+        qc_flagged=qc_flagged,
+        qc_images=qc_images,
+        training_curves=training_curves,
+        metrics=metrics,
+        comparison=comparison,
+        figures=figures,
+        provenance=provenance,
+        synthetic=synthetic,
+        title=title,
     )
-    if not_applicable:
-        head_body = (
-            f'<p class="note">External site <b>{_e(site or "–")}</b>: the federated model\'s external evaluation '
-            f"is <b>not applicable</b>. {_e(not_applicable)}</p>"
-        )
-    else:
-        head_body = head_note + _table(headline_table(metrics), extra_class="headline nowrap")
-    sections.append(("headline", "Headline metrics", head_body))
-
-    cohort_body = _table(cohort_summary(cohort, qc_exclusions))
-    cohort_body += (
-        '<p class="note">Prevalence is among subjects with a known label; missing labels are never '
-        "imputed and those subjects are left out of that marker only.</p>"
-    )
-    sections.append(("cohort", "Cohort per site", cohort_body))
-
-    if qc_images:
-        qc_body = (
-            '<div class="grid">'
-            + "".join(_figure(path, f"site {s}", name=f"QC image of site {s}") for s, path in sorted(qc_images.items()))
-            + "</div>"
-        )
-    else:
-        qc_body = '<p class="muted">No QC overlays given.</p>'
-    sections.append(("qc", "Quality control overlays", qc_body))
-
-    sections.append(
-        (
-            "training",
-            "Training curves",
-            _figure(
-                training_curves,
-                "Loss, validation Dice and mean validation AUC per site and round",
-                name="training curves",
-            ),
-        )
-    )
-
-    if not not_applicable:
-        roc_body = _figure(
-            figures.get("roc"), f"ROC curves per marker with {level}% bootstrap bands (external site)", name="roc"
-        )
-        roc_body += "<h3>Per-marker metrics at the training-site threshold</h3>" + _table(
-            marker_table(metrics), extra_class="nowrap"
-        )
-        roc_body += (
-            '<p class="note">Thresholds maximise Youden\'s J on the summed validation confusion counts of the '
-            "training sites; the external site never influences them. Predicted positive when "
-            "p ≥ threshold. Grade: grade 4 vs 2-3 scored by p(grade 4).</p>"
-        )
-        sections.append(("roc", "ROC curves", roc_body))
-
-        sections.append(
-            (
-                "reliability",
-                "Calibration",
-                _figure(
-                    figures.get("reliability"),
-                    "Reliability curves (uniform bins; point area ∝ subjects in the bin) and Brier scores",
-                    name="reliability",
-                ),
-            )
-        )
-
-        dice_body = _figure(figures.get("dice"), "Dice per subject (box: quartiles; points: subjects)", name="dice")
-        dice_body += _table(segmentation_table(metrics))
-        dice_body += (
-            '<p class="note">Measured on each subject\'s native T1c grid against the site\'s own segmentation '
-            "(the prediction mapped back and thresholded there); the network-grid values are secondary. An empty "
-            "prediction counts with the BraTS HD95 penalty of 373.13 mm.</p>"
-        )
-        sections.append(("dice", "Segmentation: Dice distribution", dice_body))
-
-        overlays = {k: v for k, v in figures.items() if k.startswith("overlay")}
-        if overlays:
-            ov_body = "".join(_figure(p, _overlay_caption(k), name=k) for k, p in overlays.items())
-        else:
-            ov_body = '<p class="muted">Best / median / worst overlays: not available.</p>'
-        sections.append(("overlays", "Segmentation overlays: best, median, worst", ov_body))
-
-    if comparison is not None and not comparison.empty:
-        cmp_body = _table(_comparison_display(comparison), extra_class="nowrap")
-        cmp_body += (
-            '<p class="note">Values [interval: IQR or bootstrap CI]; n is shared by all models unless given per cell. '
-            "↑/↓: higher/lower is better. Ratio: federated / centralized. p vs model: paired stratified bootstrap of "
-            "the AUC difference federated − model on the same external subjects (two-sided).</p>"
-        )
-    else:
-        cmp_body = '<p class="muted">No comparison given.</p>'
-    sections.append(("comparison", "Federated vs centralized vs local-only", cmp_body))
-
-    others = {k: v for k, v in figures.items() if k not in KNOWN_FIGURES and not k.startswith("overlay")}
-    if others:
-        sections.append(("figures", "Other figures", "".join(_figure(p, k, name=k) for k, p in others.items())))
-
-    sections.append(("provenance", "Provenance", _provenance_html(provenance)))
-
-    css = resources.files("fedglioma.report").joinpath("templates/report.css").read_text(encoding="utf-8")
-    toc = "".join(f'<a href="#{sid}">{_e(t)}</a>' for sid, t, _ in sections)
-    banner = (
-        f'<div class="banner" role="alert">{_e(SYNTHETIC_BANNER)} <span>This report was made from the '
-        "built-in synthetic demo cohort.</span></div>"
-        if synthetic
-        else ""
-    )
-    sub = f"External site {_e(site)}" if site else "External evaluation"
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<title>{_e(title)}</title>
-<script>{_SCRIPT}</script>
-<style>
-{css}
-</style>
-</head>
-<body>
-<header class="top"><h1>{_e(title)}</h1><p>{sub}</p></header>
-{banner}
-<nav class="toc">{toc}</nav>
-<main>
-{chr(10).join(_section(sid, t, body) for sid, t, body in sections)}
-</main>
-<footer>Generated by fedglioma. Self-contained: no network access needed.</footer>
-</body>
-</html>
-"""
-    write_text(out_html, page)
+    write_text(out_html, render_report(context))

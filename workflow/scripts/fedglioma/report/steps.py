@@ -45,27 +45,6 @@ def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str,
             "synthetic": bool(config.get("demo", {}).get("enabled"))}
 
 
-def cohort_table(summaries: Sequence[Mapping[str, Any]], qc: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Per-site cohort table from the sites' aggregated summaries (no subject-level data)."""
-    qc_by = {q["site"]: q for q in qc}
-
-    def frac(s: Mapping[str, Any], t: str) -> str:
-        n = s[f"{t}_n"]
-        return f"{s[f'{t}_positive']}/{n}" + (f" ({s[f'{t}_missing']} missing)" if s[f"{t}_missing"] else "") if n else \
-            f"– ({s[f'{t}_missing']} missing)"
-
-    rows = []
-    for s in summaries:
-        q = qc_by.get(s["site"], {})
-        grade = " · ".join(f"{g}: {s[f'grade{g}']}" for g in (2, 3, 4)) if s["grade_n"] else "–"
-        if s["grade_missing"]:
-            grade += f" ({s['grade_missing']} missing)"
-        rows.append({"site": s["site"], "role": s["role"], "n": s["n"], "IDH mutant": frac(s, "idh"),
-                     "1p/19q codeleted": frac(s, "codeletion"), "MGMT methylated": frac(s, "mgmt"),
-                     "WHO grade": grade, "QC flagged": q.get("n_flagged", 0)})
-    return pd.DataFrame(rows)
-
-
 def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequence[str], qc: Sequence[str],
                  qc_examples: Sequence[str], curves: str, html: str, headline: str, *, config: Mapping[str, Any],
                  external: str, sites: Sequence[str], models: Sequence[str], comparison: str | None = None,
@@ -106,8 +85,9 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         figure_files[f"synthetic subject, site {site}"] = Path(png)
     build_report(
         Path(html),
-        cohort=cohort_table([read_json(p, what="site cohort summary") for p in cohort], qc_docs),
+        cohort=[read_json(p, what="site cohort summary") for p in cohort],
         qc_exclusions=exclusions,
+        qc_flagged={q["site"]: q["n_flagged"] for q in qc_docs},
         qc_images=dict(zip(sites, map(Path, qc_examples), strict=True)),
         training_curves=Path(curves),
         metrics=fed,
