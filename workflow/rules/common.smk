@@ -7,10 +7,12 @@ from snakemake.utils import validate
 
 from fedglioma.config import SCHEMA_DIR, check_site_table, read_sites_table, site_row
 from fedglioma.io.layouts import discover
+from fedglioma.settings import validate_config
 from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
-# ---- configuration, validated first -------------------------------------------------------
-validate(config, schema=str(SCHEMA_DIR / "config.schema.yaml"))
+# ---- configuration, validated first (fedglioma.settings: unknown keys fail, every default filled in) ----
+_config = validate_config(config, files=workflow.configfiles)
+config.update(_config.model_dump(mode="json"))
 
 _sites_table = read_sites_table(config["sites"])
 validate(_sites_table, schema=str(SCHEMA_DIR / "sites.schema.yaml"))

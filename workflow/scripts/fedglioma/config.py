@@ -1,8 +1,8 @@
-"""Loading and validating ``config.yaml`` and ``sites.tsv`` outside Snakemake.
+"""Loading and validating ``sites.tsv`` (``config.yaml`` is :mod:`fedglioma.settings`).
 
-The workflow validates with Snakemake's ``validate`` (same schemas, shipped inside the package in
-``fedglioma/schemas/``, :data:`SCHEMA_DIR`); the command line uses :func:`load_config` and
-:func:`load_sites`, which apply the schema defaults the same way.
+The workflow validates the table with Snakemake's ``validate`` and the same schema, shipped inside the package
+in ``fedglioma/schemas/`` (:data:`SCHEMA_DIR`); the command line uses :func:`load_sites`, which applies the
+schema defaults the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.layouts import DEFAULT_NON_TUMOUR_LABELS, DEFAULT_TUMOUR_LABELS
 
-#: The JSON schemas (YAML) of ``config.yaml`` and ``sites.tsv``: package data, so a non-editable install has them.
+#: The JSON schemas (YAML) of ``sites.tsv`` and (generated, for editors and tools) ``config.yaml``: package data.
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
@@ -47,14 +47,6 @@ def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, A
         msgs = [f"{what}: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors]
         raise ConfigError("\n".join(msgs))
     return out
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate ``config.yaml`` (defaults filled in)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    return validate(yaml.safe_load(p.read_text()) or {}, "config.schema.yaml", what=str(p))
 
 
 @dataclass(frozen=True)

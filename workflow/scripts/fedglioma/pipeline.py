@@ -22,6 +22,15 @@ from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.clinical import write_site_labels
 from fedglioma.io.files import read_json
 from fedglioma.io.layouts import discover
+from fedglioma.settings import (
+    Endpoints,
+    EvaluationConfig,
+    FederatedConfig,
+    ModelConfig,
+    QcConfig,
+    TrainConfig,
+    section,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +84,8 @@ def training_file(in_dir: str, out_npz: str, out_grid: str, *, site: str, subjec
 def qc_subject(step_dir: str, out_png: str, out_json: str, *, site: str, subject: str, cfg: Mapping[str, Any]) -> None:
     from fedglioma.preprocess.qc import qc as _qc
 
-    _qc(Path(step_dir).parent, Path(out_png), Path(out_json), thresholds=dict(cfg.get("thresholds") or {}), site=site,
-        subject=subject)
+    _qc(Path(step_dir).parent, Path(out_png), Path(out_json), thresholds=section(QcConfig, cfg, "qc").thresholds.model_dump(),
+        site=site, subject=subject)
 
 
 def qc_site(rows: Sequence[str], out_tsv: str, out_summary: str, out_example: str, *, site: str,
@@ -91,7 +100,7 @@ def qc_site(rows: Sequence[str], out_tsv: str, out_summary: str, out_example: st
     table = pd.read_csv(out_tsv, sep="\t", dtype={"subject": str}, keep_default_na=False)
     table["flagged"] = table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])
     flagged = table[table["flagged"]]
-    excluded = bool(cfg.get("exclude_flagged", False))
+    excluded = section(QcConfig, cfg, "qc").exclude_flagged
     write_json(out_summary, {
         "site": site,
         "n": len(table),
@@ -111,21 +120,18 @@ def qc_site(rows: Sequence[str], out_tsv: str, out_summary: str, out_example: st
 
 def qc_excluded(qc_table: str | None, qc_cfg: Mapping[str, Any]) -> set[str]:
     """Subjects excluded by QC (when ``qc.exclude_flagged``)."""
-    if not qc_table or not qc_cfg.get("exclude_flagged", False):
+    if not qc_table or not section(QcConfig, qc_cfg, "qc").exclude_flagged:
         return set()
     table = pd.read_csv(qc_table, sep="\t", dtype={"subject": str, "flagged": str}, keep_default_na=False)
     return set(table.loc[table["flagged"].str.lower().isin(["true", "1", "yes"]), "subject"])
 
 
 # ---- federated training -----------------------------------------------------------------------
-def _configs(model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any] | None = None,
-             federated_cfg: Mapping[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    from fedglioma.federated.config import FederatedConfig
-    from fedglioma.model.config import ModelConfig
-    from fedglioma.train.config import TrainConfig
-
-    return (ModelConfig.from_dict(model_cfg), TrainConfig.from_dict(train_cfg or {}),
-            FederatedConfig.from_dict(federated_cfg or {}))
+def _configs(model_cfg: Mapping[str, Any] | None, train_cfg: Mapping[str, Any] | None = None,
+             federated_cfg: Mapping[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig, FederatedConfig]:
+    """The rule's ``model``, ``train`` and ``federated`` sections as their models (``None``: the defaults)."""
+    return (section(ModelConfig, model_cfg, "model"), section(TrainConfig, train_cfg, "train"),
+            section(FederatedConfig, federated_cfg, "federated"))
 
 
 def init_model(out_model: str, out_meta: str, model_cfg: Mapping[str, Any], seed: int) -> None:
@@ -134,7 +140,7 @@ def init_model(out_model: str, out_meta: str, model_cfg: Mapping[str, Any], seed
     from fedglioma.train.local import init_global
 
     assert sidecar_path(out_model) == Path(out_meta)
-    init_global(Path(out_model), _configs(model_cfg)[0], seed)
+    init_global(Path(out_model), section(ModelConfig, model_cfg, "model"), seed)
 
 
 def kept_files(files: Sequence[str], qc_table: str | None, qc_cfg: Mapping[str, Any], *, site: str) -> list[str]:
@@ -187,7 +193,6 @@ def local_train(global_model: str, local_state: str | None, training_set: str, l
                 model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], federated_cfg: Mapping[str, Any],
                 endpoints_cfg: Mapping[str, Any] | None = None, threads: int = 1) -> None:
     """Rule ``local_train``: one site's local epochs from the previous global model."""
-    from fedglioma.endpoints import Endpoints
     from fedglioma.federated.exchange import sidecar_path
     from fedglioma.train.local import local_train as _train
 
@@ -195,7 +200,7 @@ def local_train(global_model: str, local_state: str | None, training_set: str, l
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     _train(global_model, read_training_set(training_set, site=site), labels, out_update, out_sidecar, site=site,
            round=round_, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
-           local_out=out_local, endpoints=Endpoints.from_dict(endpoints_cfg))
+           local_out=out_local, endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
 
 
 def aggregate(updates: Sequence[str], previous: str, state: str | None, out_model: str, out_meta: str, out_state: str,
@@ -206,7 +211,7 @@ def aggregate(updates: Sequence[str], previous: str, state: str | None, out_mode
     from fedglioma.federated.strategies import make_strategy
 
     assert sidecar_path(out_model) == Path(out_meta)
-    fcfg = _configs({}, None, federated_cfg)[2]
+    fcfg = section(FederatedConfig, federated_cfg, "federated")
     aggregate_files(make_strategy(fcfg), updates, previous, out_model, round_, state, out_state,
                     site_local_patterns=fcfg.site_local_patterns)
 
@@ -216,14 +221,13 @@ def validate(global_model: str, local_state: str | None, training_set: str, labe
              federated_cfg: Mapping[str, Any], endpoints_cfg: Mapping[str, Any] | None = None,
              threads: int = 1) -> None:
     """Rule ``validate``: the global model of a round on the site's validation split (aggregated metrics)."""
-    from fedglioma.endpoints import Endpoints
     from fedglioma.train.local import validate as _validate
 
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     personal = local_state if f.site_local_patterns else None
     _validate(global_model, read_training_set(training_set, site=site), labels, out_json, site=site,
               round=round_, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
-              site_local_patterns=f.site_local_patterns or None, endpoints=Endpoints.from_dict(endpoints_cfg))
+              site_local_patterns=f.site_local_patterns or None, endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
 
 
 def select_model(metrics: Sequence[str], out_json: str, model_template: str) -> None:
@@ -334,14 +338,14 @@ def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Seq
     on each subject's native T1c grid (:func:`subject_segmentation`).
     """
     from fedglioma.atomic import atomic_dir
-    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.figures import overlay_figure, pick_best_median_worst, write_site_figures
     from fedglioma.evaluate.site import summarise_site
     from fedglioma.io.clinical import read_labels
     from fedglioma.train.local import load_model
 
     model_path, final_doc = resolve_model(final, models)
-    model = load_model(model_path, _configs(model_cfg)[0])
+    model = load_model(model_path, section(ModelConfig, model_cfg, "model"))
+    ev = section(EvaluationConfig, evaluation_cfg, "evaluation")
     log.info("site %s: evaluating %s (%s)", site, model_name, model_path)
     pred_rows, seg_rows, keep = [], [], {}
     with atomic_dir(out_masks) as mask_tmp:
@@ -355,7 +359,7 @@ def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Seq
             native_path = mask_tmp / f"sub-{subject}_desc-tumour_pred.nii.gz"
             truth_grid = arrays["tumour"].astype(bool) if "tumour" in arrays else None
             row = subject_segmentation(seg_prob, truth_grid, Path(step).parent, Path(grid),
-                                       native_path if evaluation_cfg.get("native_masks", True) else None,
+                                       native_path if ev.native_masks else None,
                                        site=site, subject=subject)
             if row is not None:
                 seg_rows.append(row)
@@ -368,8 +372,8 @@ def evaluate(final: str, models: Sequence[str], files: Sequence[str], grids: Seq
         (seg if seg is not None else pd.DataFrame(columns=["subject", "dice", "hd95", "volume_diff_ml"])).to_csv(
             tmp, sep="\t", index=False, na_rep="")
     summary = summarise_site(predictions, read_labels(labels), seg, final_doc.get("thresholds"),
-                             n_boot=int(evaluation_cfg["n_bootstrap"]), seed=int(evaluation_cfg["seed"]), site=site,
-                             endpoints=Endpoints.from_dict(endpoints_cfg))
+                             n_boot=ev.n_bootstrap, seed=ev.seed, site=site,
+                             endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
     summary["model"] = {"name": model_name, "round": final_doc.get("round"),
                         "sha256": _sha256(model_path), "file": str(model_path)}
     with atomic_dir(out_figures) as fig_tmp:
@@ -393,19 +397,19 @@ def _sha256(path: str | Path) -> str:
 def compare(metrics: Sequence[str], predictions: Sequence[str], models: Sequence[str], labels: str, out_tsv: str, *,
             site: str, evaluation_cfg: Mapping[str, Any], endpoints_cfg: Mapping[str, Any] | None = None) -> None:
     """Rule ``compare`` (external site scope): federated vs centralized vs local-only, paired bootstrap."""
-    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.compare import compare_models
     from fedglioma.io.clinical import read_labels
 
+    ev = section(EvaluationConfig, evaluation_cfg, "evaluation")
     compare_models(
         {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, metrics, strict=True)},
         predictions={m: pd.read_csv(p, sep="\t", dtype={"subject": str}) for m, p in zip(models, predictions, strict=True)},
         labels=read_labels(labels),
-        n_boot=int(evaluation_cfg["n_bootstrap"]),
-        seed=int(evaluation_cfg["seed"]),
+        n_boot=ev.n_bootstrap,
+        seed=ev.seed,
         out_tsv=out_tsv,
         site=site,
-        endpoints=Endpoints.from_dict(endpoints_cfg),
+        endpoints=section(Endpoints, endpoints_cfg, "endpoints"),
     )
 
 
@@ -512,7 +516,6 @@ def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Ma
     local-only). ``out_models`` has one checkpoint per round; ``out_validation`` one validation JSON per round
     and site, round-major (round 1 of every site, then round 2, ...), in the order of ``training_sets``.
     """
-    from fedglioma.endpoints import Endpoints
     from fedglioma.train.baseline import train_baseline as _train
 
     sites = list(training_sets)
@@ -524,5 +527,5 @@ def train_baseline(init_model: str, training_sets: Mapping[str, str], labels: Ma
     per_site = {s: [out_validation[r * len(sites) + i] for r in range(rounds)] for i, s in enumerate(sites)}
     m, t, _ = _configs(model_cfg, train_cfg)
     _train(init_model, {s: (read_training_set(training_sets[s], site=s), labels[s]) for s in sites}, out_models,
-           per_site, name=name, train_cfg=t, model_cfg=m, endpoints=Endpoints.from_dict(endpoints_cfg),
+           per_site, name=name, train_cfg=t, model_cfg=m, endpoints=section(Endpoints, endpoints_cfg, "endpoints"),
            threads=threads)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedglioma.endpoints import load_endpoints
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import parse_pairs, read_json, read_tsv
+from fedglioma.settings import Config, add_config_argument, load_config
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
@@ -29,6 +29,16 @@ def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
         raise InputError(str(exc), file=path) from exc
 
 
+def _n_boot(args: argparse.Namespace, cfg: Config) -> int:
+    """``--n-boot``, else the config's ``evaluation.n_bootstrap``."""
+    return cfg.evaluation.n_bootstrap if args.n_boot is None else int(args.n_boot)
+
+
+def _seed(args: argparse.Namespace, cfg: Config) -> int:
+    """``--seed``, else the config's ``evaluation.seed``."""
+    return cfg.evaluation.seed if args.seed is None else int(args.seed)
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from fedglioma.atomic import write_json
     from fedglioma.evaluate.figures import write_site_figures
@@ -37,16 +47,17 @@ def _metrics(args: argparse.Namespace) -> int:
     predictions = read_tsv(args.predictions, what="predictions table")
     labels = read_tsv(args.labels, what="labels table")
     seg = read_tsv(args.seg, what="segmentation table") if args.seg else None
+    cfg = load_config(args.config)
     summary = summarise_site(
         predictions,
         labels,
         seg,
         load_thresholds(args.thresholds),
-        n_boot=args.n_boot,
-        seed=args.seed,
+        n_boot=_n_boot(args, cfg),
+        seed=_seed(args, cfg),
         n_bins=args.n_bins,
         site=args.site,
-        endpoints=load_endpoints(args.config),
+        endpoints=cfg.endpoints,
     )
     write_json(args.out, summary)
     if args.figures:
@@ -67,17 +78,18 @@ def _compare(args: argparse.Namespace) -> int:
     labels = read_tsv(args.labels, what="labels table") if args.labels else None
     if preds and labels is None:
         raise ConfigError("--predictions needs --labels for the paired bootstrap")
+    cfg = load_config(args.config)
     compare_models(
         metrics,
         predictions=preds or None,
         labels=labels,
         reference=args.reference,
         baseline=args.baseline,
-        n_boot=args.n_boot,
-        seed=args.seed,
+        n_boot=_n_boot(args, cfg),
+        seed=_seed(args, cfg),
         out_tsv=args.out,
         site=args.site,
-        endpoints=load_endpoints(args.config),
+        endpoints=cfg.endpoints,
     )
     return 0
 
@@ -105,10 +117,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output metrics JSON")
     p.add_argument("--figures", default=None, help="folder for roc.png, reliability.png, dice.png")
     p.add_argument("--site", default=None, help="site ID (named in the output and in errors)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: evaluation.n_bootstrap)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: evaluation.seed)")
     p.add_argument("--n-bins", type=int, default=10, help="reliability bins (default: %(default)s)")
-    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
+    add_config_argument(p, "endpoints: and evaluation: sections")
     p.set_defaults(func=_metrics)
 
     p = subparsers.add_parser(
@@ -136,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default="centralized", help="denominator of the ratio (default: %(default)s)")
     p.add_argument("--out", required=True, help="output TSV")
     p.add_argument("--site", default=None)
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="config.yaml whose endpoints: section defines the endpoints")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: evaluation.n_bootstrap)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: evaluation.seed)")
+    add_config_argument(p, "endpoints: and evaluation: sections")
     p.set_defaults(func=_compare)

@@ -319,9 +319,9 @@ def compare_models(
     endpoints = endpoints or Endpoints()
     for model, summary in metrics.items():
         used = summary.get("endpoints")
-        if used is not None and Endpoints.from_dict(used) != endpoints:
+        if used is not None and Endpoints.model_validate(used) != endpoints:
             raise InputError(
-                f"model {model} was evaluated with endpoints {used}, the comparison uses {endpoints.to_dict()}",
+                f"model {model} was evaluated with endpoints {used}, the comparison uses {endpoints.model_dump()}",
                 site=site,
                 fix="rerun the evaluation with one config (endpoints:)",
             )

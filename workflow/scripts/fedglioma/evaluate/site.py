@@ -284,7 +284,7 @@ def summarise_site(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
-        "endpoints": endpoints.to_dict(),
+        "endpoints": endpoints.model_dump(),
         "subjects": subject_counts,
         "markers": markers,
         "segmentation": summarise_segmentation(seg_rows, site=site),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 
-from fedglioma.federated.config import STRATEGY_NAMES, FederatedConfig, read_config, section
+from fedglioma.settings import STRATEGY_NAMES, add_config_argument, load_config
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +15,9 @@ def _aggregate(args: argparse.Namespace) -> int:
     from fedglioma.federated.aggregate import aggregate_files
     from fedglioma.federated.strategies import make_strategy
 
-    cfg = FederatedConfig.from_dict(section(read_config(args.config), "federated"))
+    cfg = load_config(args.config).federated
     if args.strategy is not None:
-        cfg = dataclasses.replace(cfg, strategy=args.strategy)
+        cfg = cfg.model_copy(update={"strategy": args.strategy})
     side = aggregate_files(
         make_strategy(cfg),
         args.updates,
@@ -44,7 +43,7 @@ def _select_model(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``aggregate`` and ``select-model`` to a subparsers object."""
     p = subparsers.add_parser("aggregate", help="aggregate the site updates of one round into a global model")
-    p.add_argument("--config", type=Path, help="config.yaml (section federated:)")
+    add_config_argument(p, "federated: section")
     p.add_argument("--strategy", choices=STRATEGY_NAMES, help="overrides federated.strategy")
     p.add_argument("--round", type=int, required=True, help="this round (>= 1)")
     p.add_argument("--prev", type=Path, required=True, help="global model of the previous round")

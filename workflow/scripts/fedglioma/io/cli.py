@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedglioma.config import load_config, load_sites
+from fedglioma.config import load_sites
+from fedglioma.settings import add_config_argument, load_config
 
 
 def _check_inputs(args: argparse.Namespace) -> int:
     from fedglioma.io.check import check_site, site_summary, summary_table
 
-    config = load_config(args.config) if args.config else {}
+    config = load_config(args.config)
     rows = load_sites(args.sites)
     if args.site:
         rows = [r for r in rows if r.site in set(args.site)]
-    layout_opts = {"nnunet": {"channels": tuple(config.get("layouts", {}).get("nnunet", {}).get("channels", ()))}}
+    layout_opts = {"nnunet": {"channels": tuple(config.layouts.nnunet.channels)}}
     checks = [
-        check_site(r, config.get("clinical"), read_voxels=not args.quick,
-                   layout_options={k: v for k, v in layout_opts.get(r.layout, {}).items() if v})
+        check_site(r, config.clinical.model_dump(mode="json"), read_voxels=not args.quick,
+                   layout_options=layout_opts.get(r.layout, {}))
         for r in rows
     ]
     table = summary_table(checks)
@@ -39,9 +40,9 @@ def _check_inputs(args: argparse.Namespace) -> int:
 def _labels(args: argparse.Namespace) -> int:
     from fedglioma.io.clinical import write_site_labels
 
-    config = load_config(args.config) if args.config else {}
+    config = load_config(args.config)
     rows = {r.site: r for r in load_sites(args.sites)}
-    write_site_labels(rows[args.site], config.get("clinical"), Path(args.out))
+    write_site_labels(rows[args.site], config.clinical.model_dump(mode="json"), Path(args.out))
     return 0
 
 
@@ -53,14 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "modalities found and labels available; exit 1 listing every problem.",
     )
     p.add_argument("--sites", default="config/sites.tsv", help="sites table (default: %(default)s)")
-    p.add_argument("--config", default=None, help="config.yaml (for clinical mappings and layout options)")
+    add_config_argument(p, "clinical: mappings and layouts: options")
     p.add_argument("--site", action="append", help="check only this site (repeatable)")
     p.add_argument("--quick", action="store_true", help="read headers only, not the voxel data")
     p.set_defaults(func=_check_inputs)
 
     p = subparsers.add_parser("labels", help="harmonise one site's clinical table into labels.tsv")
     p.add_argument("--sites", default="config/sites.tsv")
-    p.add_argument("--config", default=None)
+    add_config_argument(p, "clinical: mappings")
     p.add_argument("--site", required=True)
     p.add_argument("--out", required=True, help="output labels.tsv")
     p.set_defaults(func=_labels)

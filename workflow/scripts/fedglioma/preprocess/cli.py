@@ -112,9 +112,7 @@ def _cmd_skullstrip(a: argparse.Namespace) -> int:
         run_step("skullstrip", a.input, a.output, site=a.site, subject=a.subject, params=params,
                  declared=_declared(a))
     else:
-        skullstrip_file(Path(a.input), Path(a.output), out_brain=a.brain, mode=params.get("mode", "fast"),
-                        tta=bool(params.get("tta", False)), method=params.get("method", "hdbet"),
-                        device=params.get("device", "auto"), precision=params.get("precision", "auto"))
+        skullstrip_file(Path(a.input), Path(a.output), out_brain=a.brain, **params)
     return 0
 
 

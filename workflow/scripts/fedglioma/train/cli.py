@@ -6,8 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fedglioma.endpoints import load_endpoints
-from fedglioma.train.config import load_configs
+from fedglioma.settings import add_config_argument, load_config
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +14,9 @@ log = logging.getLogger(__name__)
 def _init_model(args: argparse.Namespace) -> int:
     from fedglioma.train.local import init_global
 
-    model_cfg, train_cfg, _ = load_configs(args.config)
-    seed = train_cfg.seed if args.seed is None else args.seed
-    side = init_global(args.out, model_cfg, seed)
+    cfg = load_config(args.config)
+    seed = cfg.train.seed if args.seed is None else args.seed
+    side = init_global(args.out, cfg.model, seed)
     log.info("wrote %s (%d parameters)", args.out, side["numel"])
     return 0
 
@@ -25,7 +24,7 @@ def _init_model(args: argparse.Namespace) -> int:
 def _local_train(args: argparse.Namespace) -> int:
     from fedglioma.train.local import local_train
 
-    model_cfg, train_cfg, fed_cfg = load_configs(args.config)
+    cfg = load_config(args.config)
     local_train(
         args.global_in,
         args.npz,
@@ -34,13 +33,13 @@ def _local_train(args: argparse.Namespace) -> int:
         args.sidecar,
         site=args.site,
         round=args.round,
-        train_cfg=train_cfg,
-        model_cfg=model_cfg,
-        strategy_cfg=fed_cfg,
+        train_cfg=cfg.train,
+        model_cfg=cfg.model,
+        strategy_cfg=cfg.federated,
         threads=args.threads,
         local_in=args.local_in,
         local_out=args.local_out,
-        endpoints=load_endpoints(args.config),
+        endpoints=cfg.endpoints,
     )
     return 0
 
@@ -48,7 +47,7 @@ def _local_train(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from fedglioma.train.local import validate
 
-    model_cfg, train_cfg, fed_cfg = load_configs(args.config)
+    cfg = load_config(args.config)
     validate(
         args.global_in,
         args.npz,
@@ -56,20 +55,18 @@ def _validate(args: argparse.Namespace) -> int:
         args.out,
         site=args.site,
         round=args.round,
-        train_cfg=train_cfg,
-        model_cfg=model_cfg,
+        train_cfg=cfg.train,
+        model_cfg=cfg.model,
         threads=args.threads,
         local_in=args.local_in,
-        site_local_patterns=fed_cfg.site_local_patterns,
-        endpoints=load_endpoints(args.config),
+        site_local_patterns=cfg.federated.site_local_patterns,
+        endpoints=cfg.endpoints,
     )
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", type=Path, help="config.yaml (sections model:, train:, federated:, endpoints:); defaults if omitted"
-    )
+    add_config_argument(p, "model:, train:, federated: and endpoints: sections")
 
 
 def _site_args(p: argparse.ArgumentParser) -> None:
