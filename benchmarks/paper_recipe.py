@@ -99,7 +99,7 @@ def _setup(spec: dict[str, Any]):  # torch is imported lazily
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(ModelConfig.from_dict(spec["model"])).to(device)
+    model = build_model(ModelConfig.model_validate(spec["model"])).to(device)
     return torch, model, device
 
 
@@ -123,7 +123,7 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
     from fedglioma.train.augment import augment_batch
     from fedglioma.train.config import TrainConfig
 
-    tcfg = TrainConfig.from_dict(spec["train"])
+    tcfg = TrainConfig.model_validate(spec["train"])
     amp = bool(tcfg.amp and device.type == "cuda")
     b, grid = tcfg.batch_size, spec["grid"]
     g = torch.Generator().manual_seed(0)
@@ -169,7 +169,7 @@ def infer_child(spec: dict[str, Any]) -> dict[str, Any]:
     torch, model, device = _setup(spec)
     from fedglioma.train.config import TrainConfig
 
-    amp = bool(TrainConfig.from_dict(spec["train"]).amp and device.type == "cuda")
+    amp = bool(TrainConfig.model_validate(spec["train"]).amp and device.type == "cuda")
     x = torch.randn(1, 4, *spec["grid"], generator=torch.Generator().manual_seed(1)).to(device)
     model.eval()
     times, cpu = [], []
@@ -223,7 +223,7 @@ def flops_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     b = int(spec["train"].get("batch_size", 2))
     with torch.device("meta"):
-        model = build_model(ModelConfig.from_dict(spec["model"]))
+        model = build_model(ModelConfig.model_validate(spec["model"]))
     fc = FlopCounterMode(display=False)
     with fc:
         out = model(torch.zeros(b, 4, *spec["grid"], device="meta"))
@@ -248,7 +248,7 @@ def hours_per_round(split: list[int], train_cfg: dict[str, Any], step_s: float, 
     """Seconds per site (``local_train`` + ``validate``) and the round (the slowest site), in hours."""
     from fedglioma.train.config import TrainConfig
 
-    t = TrainConfig.from_dict(train_cfg)
+    t = TrainConfig.model_validate(train_cfg)
     sites = []
     for n in split:
         n_val = round(t.val_fraction * n)

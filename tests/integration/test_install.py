@@ -65,7 +65,8 @@ def test_check_inputs_and_dry_run_from_the_install(installed: Path, tmp_path: Pa
          "clinical": str(train / "clinical.tsv"), "tumour_labels": ",".join(map(str, LAYOUT_LABELS["brats2021"]))},
         {"site": "X", "role": "external", "layout": "egd", "path": str(ext), "clinical": str(ext / "clinical.tsv")},
     ])
-    res = subprocess.run([str(installed / "python"), "-m", "fedglioma.cli", "cohort", "check-inputs", "--sites", str(tsv)],
+    res = subprocess.run([str(installed / "python"), "-m", "fedglioma.cli", "cohort", "check-inputs", "--sites", str(tsv),
+                          "--config", str(REPO / "config" / "config.yaml")],
                          capture_output=True, text=True, check=False, cwd=tmp_path, env=ENV)
     assert res.returncode == 0 and "all inputs OK" in res.stdout, res.stdout + res.stderr
 

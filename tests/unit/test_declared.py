@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from fedglioma.constants import MODALITIES
-from fedglioma.declared import Declared, template_grid_problem
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess import coregister, import_subject, register_atlas, skullstrip
 from fedglioma.preprocess.common import brain_name, read_state, tumour_name
+from fedglioma.preprocess.site_checks import template_grid_problem
 from fedglioma.preprocess.templates import load_template, template_transform
 from tests.unit.preprocess_helpers import dice, make_phantom, write_raw
 
@@ -173,14 +174,15 @@ def test_subcommand_and_rule_reach_the_step_the_same_way(tmp_path, monkeypatch, 
     section = {"register_atlas": "atlas"}.get(step, step)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"sites: {tsv}\n")
-    from fedglioma.config import load_config
+    from fedglioma.settings import load_config
 
-    params = dict(load_config(cfg, overrides=[f"preprocess.{section}.iterations=[1]"])["preprocess"][section])
+    key = {"skullstrip": "mode=accurate", "normalise": "method=percentile"}.get(step, "iterations=[1]")
+    params = load_config(cfg, overrides=[f"preprocess.{section}.{key}"]).model_dump(mode="json")["preprocess"][section]
     (tmp_path / "in").mkdir()
     xfm = ["--template-transform", str(tmp_path / "t")] if step == "register_atlas" else []
     assert main(["preprocess", command, str(tmp_path / "in"), str(tmp_path / "out"), "--site", "BraTS",
                  "--subject", SUB, "--sites", str(tsv), "--config", str(cfg),
-                 "--set", f"preprocess.{section}.iterations=[1]", *xfm]) == 0
+                 "--set", f"preprocess.{section}.{key}", *xfm]) == 0
     # what the chain of rule preprocess_subject passes (fedglioma.preprocess.chain): params=the config section,
     # the row's declaration
     steps.run_step(step, tmp_path / "in", tmp_path / "out", site="BraTS", subject=SUB, params=params,

@@ -13,6 +13,7 @@ from fedglioma.errors import ConfigError, InputError
 from fedglioma.evaluate.compare import compare_models, paired_auc_tests
 from fedglioma.evaluate.site import marker_targets, merge_site_table, summarise_site
 from fedglioma.model import label_masks
+from fedglioma.settings import section
 from fedglioma.train.local import evaluate_dataset
 
 # Four IDH-mutant subjects (two codeleted, scored BELOW the two intact ones) and four IDH-wildtype subjects
@@ -126,9 +127,9 @@ def test_comparison_refuses_metrics_of_another_endpoint_definition() -> None:
 
 
 def test_endpoints_config() -> None:
-    assert Endpoints.from_dict(None) == Endpoints(codeletion="idh_mutant")
-    with pytest.raises(ConfigError, match="codeletion"):
-        Endpoints.from_dict({"codeletion": "mutant_only"})
-    with pytest.raises(ConfigError, match="unknown"):
-        Endpoints.from_dict({"codel": "all"})
+    assert section(Endpoints, None, "endpoints") == Endpoints(codeletion="idh_mutant")
+    with pytest.raises(ConfigError, match="endpoints.codeletion"):
+        section(Endpoints, {"codeletion": "mutant_only"}, "endpoints")
+    with pytest.raises(ConfigError, match="endpoints.codel: extra inputs are not permitted"):
+        section(Endpoints, {"codel": "all"}, "endpoints")
     assert restrict("idh", np.array([True, False]), np.array([0.0, 1.0]), Endpoints()).tolist() == [True, False]

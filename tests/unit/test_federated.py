@@ -29,6 +29,7 @@ from fedglioma.federated import (
     split_params,
 )
 from fedglioma.federated.exchange import spec_of
+from fedglioma.settings import section
 
 SPEC_TENSORS = {"a.weight": torch.zeros(2, 3), "a.norm.weight": torch.ones(3), "b": torch.zeros(4)}
 
@@ -126,10 +127,10 @@ def test_fedopt_steps(cls: type) -> None:
 def test_make_strategy_by_name() -> None:
     for name in ("fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean"):
         assert make_strategy(FederatedConfig(strategy=name)).name == name
-    with pytest.raises(ConfigError):
-        FederatedConfig(strategy="krum")
-    with pytest.raises(ConfigError, match="unknown"):
-        FederatedConfig.from_dict({"strategy": "fedavg", "rounds_": 3})
+    with pytest.raises(ConfigError, match="federated.strategy"):
+        section(FederatedConfig, {"strategy": "krum"}, "federated")
+    with pytest.raises(ConfigError, match="federated.rounds_: extra inputs are not permitted"):
+        section(FederatedConfig, {"strategy": "fedavg", "rounds_": 3}, "federated")
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -13,9 +13,10 @@ import pytest
 from fedglioma.cli import main
 from fedglioma.config import load_sites
 from fedglioma.errors import InputError
-from fedglioma.io.clinical import ClinicalMapping, cohort_summary, harmonise, parse_grade, site_labels
+from fedglioma.io.clinical import cohort_summary, harmonise, parse_grade, site_labels, site_mapping
 from fedglioma.io.layouts import LAYOUTS, discover
 from fedglioma.io.nifti import load_nifti
+from fedglioma.settings import ClinicalMapping
 from tests.conftest import LAYOUT_IDS, LAYOUT_LABELS, make_site, write_nifti, write_sites_tsv
 
 
@@ -104,7 +105,7 @@ def test_harmonise_spellings_and_missing() -> None:
             "who": ["II", "4", "WHO grade III"],
         }
     )
-    mapping = ClinicalMapping.from_config(
+    mapping = site_mapping(
         {
             "default": {
                 "id_column": "ID",
@@ -123,7 +124,7 @@ def test_harmonise_spellings_and_missing() -> None:
 def test_harmonise_site_specific_spelling_and_absent_column() -> None:
     table = pd.DataFrame({"subject": ["a"], "IDH": ["IDHmut-R132H"], "grade": ["4"]})
     cfg = {"sites": {"s": {"values": {"idh": {"IDHmut-R132H": "mutant"}}}}}
-    out = harmonise(table, ClinicalMapping.from_config(cfg, "s"), site="s", file="x.tsv")
+    out = harmonise(table, site_mapping(cfg, "s"), site="s", file="x.tsv")
     assert out["idh"][0] == 1.0 and np.isnan(out["mgmt"][0]) and np.isnan(out["codeletion"][0])
 
 

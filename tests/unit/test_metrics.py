@@ -13,8 +13,8 @@ from scipy.spatial.distance import cdist
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from fedglioma import metrics as M
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.evaluate import metrics as M
 from fedglioma.evaluate.compare import compare_models, comparison_table, format_comparison, paired_auc_tests
 from fedglioma.evaluate.site import (
     normalise_thresholds,

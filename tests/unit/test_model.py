@@ -10,6 +10,7 @@ import torch
 from fedglioma.errors import ConfigError
 from fedglioma.federated.params import is_site_local
 from fedglioma.model import ModelConfig, MultiTaskLoss, build_model, label_masks, soft_dice_loss
+from fedglioma.settings import TaskWeights, section
 
 NAN = math.nan
 
@@ -41,12 +42,12 @@ def test_norm_parameters_are_selectable(model: torch.nn.Module) -> None:
     assert {"heads.idh.fc2.weight", "heads.grade.fc2.bias", "seg_head.weight"} <= set(names)
 
 
-def test_model_config_from_dict() -> None:
-    assert ModelConfig.from_dict({"width": 16, "depth": 4}) == ModelConfig(width=16, depth=4)
-    with pytest.raises(ConfigError, match="unknown"):
-        ModelConfig.from_dict({"widht": 8})
-    with pytest.raises(ConfigError, match="depth"):
-        ModelConfig.from_dict({"depth": 0})
+def test_model_config_section() -> None:
+    assert section(ModelConfig, {"width": 16, "depth": 4}, "model") == ModelConfig(width=16, depth=4)
+    with pytest.raises(ConfigError, match="model.widht: extra inputs"):
+        section(ModelConfig, {"widht": 8}, "model")
+    with pytest.raises(ConfigError, match="model.depth"):
+        section(ModelConfig, {"depth": 0}, "model")
 
 
 def test_soft_dice_perfect_and_wrong() -> None:
@@ -112,7 +113,7 @@ def test_task_weights() -> None:
     labels = torch.tensor([[1, NAN, 0, 1], [0, NAN, 1, 2]])
     args = (out, torch.zeros(2, 1, 4, 4, 4), torch.tensor([False, False]), labels)
     _, terms = MultiTaskLoss()(*args)
-    total, _ = MultiTaskLoss({"idh": 2.0, "mgmt": 0.0})(*args)
+    total, _ = MultiTaskLoss(TaskWeights(idh=2.0, mgmt=0.0))(*args)
     assert torch.allclose(total, 2 * terms["idh"] + terms["grade"])
-    with pytest.raises(ConfigError):
-        MultiTaskLoss({"survival": 1.0})
+    with pytest.raises(ConfigError, match="train.task_weights.survival"):
+        section(TaskWeights, {"survival": 1.0}, "train.task_weights")

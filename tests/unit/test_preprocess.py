@@ -16,8 +16,6 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess import (
     NORMALISERS,
-    PercentileScale,
-    ZScore,
     coregister,
     import_subject,
     n4,
@@ -31,6 +29,8 @@ from fedglioma.preprocess import (
 )
 from fedglioma.preprocess.common import brain_name, image_name, read_state, tumour_name
 from fedglioma.preprocess.importing import from_canonical, whole_tumour
+from fedglioma.preprocess.intensity import make_normaliser
+from fedglioma.settings import PercentileConfig, ZScoreConfig
 from tests.unit.preprocess_helpers import (
     dice,
     make_phantom,
@@ -328,9 +328,9 @@ def test_atlas_skullstrip_method(tmp_path, head) -> None:
 
 
 def test_unknown_method_is_config_error(tmp_path, chain) -> None:
-    with pytest.raises(ConfigError, match="method"):
+    with pytest.raises(ConfigError, match="preprocess.skullstrip.method: input should be 'hdbet' or 'atlas'"):
         skullstrip(chain["subject_dir"] / "02_coreg", tmp_path / "x", method="bet2", **IDS)
-    with pytest.raises(ConfigError, match="unknown preprocess.n4"):
+    with pytest.raises(ConfigError, match="preprocess.n4.shrink: extra inputs are not permitted"):
         n4(chain["subject_dir"] / "04_atlas", tmp_path / "y", shrink=3, **IDS)
 
 
@@ -409,10 +409,10 @@ def test_normalisers_mean0_std1_and_background_zero() -> None:
     mask = np.zeros(img.shape, bool)
     mask[4:16, 4:16, 4:16] = True
     img[mask] = rng.gamma(2.0, 300.0, mask.sum())
-    z = ZScore()(img, mask)
+    z = make_normaliser(ZScoreConfig())(img, mask)
     assert abs(float(z[mask].mean())) < 1e-5 and abs(float(z[mask].std()) - 1) < 1e-5
     assert np.all(z[~mask] == 0)
-    p = PercentileScale()(img, mask)
+    p = make_normaliser(PercentileConfig(method="percentile"))(img, mask)
     assert p[mask].min() == 0 and p[mask].max() == 1 and np.all(p[~mask] == 0)
     assert set(NORMALISERS) == {"zscore", "percentile"}
 
@@ -424,7 +424,7 @@ def test_normalise_step_brain_mean0_std1(chain) -> None:
         x = load(s / image_name(SUB, m))
         assert abs(float(x[brain].mean())) < 1e-3 and abs(float(x[brain].std()) - 1) < 1e-3
         assert np.all(x[~brain] == 0)
-    with pytest.raises(ConfigError, match="unknown normalisation"):
+    with pytest.raises(ConfigError, match="preprocess.normalise: method must be zscore or percentile"):
         normalise(chain["subject_dir"] / "05_n4", s.parent / "bad", method="minmax", **IDS)
 
 

@@ -19,6 +19,7 @@ from nibabel.processing import resample_from_to
 from fedglioma.errors import ConfigError
 from fedglioma.preprocess.common import State, Subject
 from fedglioma.preprocess.templates import load_template
+from fedglioma.settings import QcThresholds
 from tests.unit.preprocess_helpers import make_phantom, move_data
 
 qc_mod = importlib.import_module("fedglioma.preprocess.qc")
@@ -89,7 +90,7 @@ def _with_brain(sub: Subject, brain: np.ndarray) -> Subject:
 def test_correct_subject_passes_with_margin(template, good) -> None:
     row = _row(template, good, brain_ml_max=2500)  # the phantom has nilearn's generous 1.9 L brain mask
     assert not row["flagged"], row["reasons"]
-    th = qc_mod.THRESHOLDS
+    th = QcThresholds().model_dump()
     assert row["template_dice"] > th["min_template_dice"] + 0.1
     assert row["ventricle_contrast"] > th["min_ventricle_contrast"] + 0.5
     assert row["sequence_contrast"] > 0.5 and set(row["contrast_scores"]) == {
@@ -103,7 +104,7 @@ def test_registration_off_is_flagged(template, good, axis: int, rot: float, shif
     assert good.brain is not None
     centre = nib.affines.apply_affine(good.brain.affine, np.argwhere(np.asarray(good.brain.dataobj) > 0).mean(0))
     row = _row(template, _moved(good, _rigid(rot, axis, shift, centre)), brain_ml_max=2500)
-    assert row["flagged"] and row["ventricle_contrast"] < qc_mod.THRESHOLDS["min_ventricle_contrast"], row
+    assert row["flagged"] and row["ventricle_contrast"] < QcThresholds().min_ventricle_contrast, row
     assert any("registration" in r for r in row["reasons"])
 
 
@@ -115,7 +116,7 @@ def test_half_brain_mask_is_flagged(template, good, axis: int) -> None:
     half = brain.copy()
     half[(slice(None),) * axis + (slice(cut, None),)] = False
     row = _row(template, _with_brain(good, half), brain_ml_max=2500)
-    assert row["flagged"] and row["template_dice"] < qc_mod.THRESHOLDS["min_template_dice"], row
+    assert row["flagged"] and row["template_dice"] < QcThresholds().min_template_dice, row
     assert any("partial brain mask" in r for r in row["reasons"])
 
 
@@ -134,7 +135,7 @@ def test_swapped_sequences_are_flagged(template, good, pair: tuple[str, str]) ->
     row = _row(template, Subject(images=images, tumour=good.tumour, brain=good.brain, state=good.state),
                brain_ml_max=2500)
     assert row["flagged"], row
-    assert row["sequence_contrast"] < qc_mod.THRESHOLDS["min_sequence_contrast"]
+    assert row["sequence_contrast"] < QcThresholds().min_sequence_contrast
     assert any("look swapped" in r for r in row["reasons"]) or (a == "T1c" and any("registration" in r for r in row["reasons"]))
 
 
@@ -147,6 +148,6 @@ def test_identical_contrasts_are_not_a_swap() -> None:
 
 
 def test_unknown_threshold_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="min_similarity"):
-        qc_mod.check_thresholds({"min_similarity": 0.5}, site=SITE, subject=SUB)
+    with pytest.raises(ConfigError, match="qc.thresholds.min_similarity: extra inputs are not permitted"):
+        qc_mod.check_thresholds({"min_similarity": 0.5})
     assert qc_mod.check_thresholds({"min_snr": 3})["min_snr"] == 3.0

@@ -118,15 +118,15 @@ def test_step_entry_runs_the_rule_step(monkeypatch) -> None:
 
 
 def test_set_overrides_reach_the_config_section(tmp_path) -> None:
-    from fedglioma.config import load_config
+    from fedglioma.settings import load_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sites: s.tsv\n")
     out = load_config(cfg, overrides=["train.epochs_per_round=2", "preprocess.n4.iterations=[5, 5]"])
-    assert out["train"]["epochs_per_round"] == 2 and out["preprocess"]["n4"]["iterations"] == [5, 5]
+    assert out.train.epochs_per_round == 2 and out.preprocess.n4.iterations == [5, 5]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(cfg, overrides=["train.epochs_per_round"])
-    with pytest.raises(ConfigError, match="epochs_per_rnd"):
+    with pytest.raises(ConfigError, match=r"--set train.epochs_per_rnd=2: train.epochs_per_rnd: extra inputs"):
         load_config(cfg, overrides=["train.epochs_per_rnd=2"])
 
 

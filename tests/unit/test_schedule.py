@@ -7,7 +7,7 @@ import math
 import pytest
 
 from fedglioma.errors import ConfigError
-from fedglioma.train.config import LrScheduleConfig, TrainConfig
+from fedglioma.settings import LrScheduleConfig, TrainConfig, section
 from fedglioma.train.schedule import lr_for_round, lr_table
 
 
@@ -16,22 +16,22 @@ def cosine(warmup: int = 0, floor: float = 0.0, lr: float = 1e-3) -> TrainConfig
 
 
 def test_default_is_constant_and_returns_lr_unchanged() -> None:
-    cfg = TrainConfig.from_dict({"lr": 0.002})
+    cfg = section(TrainConfig, {"lr": 0.002}, "train")
     assert cfg.lr_schedule == LrScheduleConfig()
     # the very value the optimiser got before schedules existed: training stays bit-identical
     assert all(lr_for_round(cfg, r, 7) is cfg.lr for r in range(1, 8))
 
 
 def test_config_forms() -> None:
-    assert TrainConfig.from_dict({"lr_schedule": "cosine"}).lr_schedule.name == "cosine"
-    assert TrainConfig.from_dict({"lr_schedule": None}).lr_schedule == LrScheduleConfig()
-    got = TrainConfig.from_dict({"lr_schedule": {"name": "cosine", "warmup_rounds": 2, "min_lr_ratio": 0.01}})
-    assert got.lr_schedule == LrScheduleConfig("cosine", 2, 0.01)
-    assert got.to_dict()["lr_schedule"] == {"name": "cosine", "warmup_rounds": 2, "min_lr_ratio": 0.01}
+    assert section(TrainConfig, {"lr_schedule": "cosine"}, "train").lr_schedule.name == "cosine"
+    assert section(TrainConfig, {}, "train").lr_schedule == LrScheduleConfig()
+    got = section(TrainConfig, {"lr_schedule": {"name": "cosine", "warmup_rounds": 2, "min_lr_ratio": 0.01}}, "train")
+    assert got.lr_schedule == LrScheduleConfig(name="cosine", warmup_rounds=2, min_lr_ratio=0.01)
+    assert got.model_dump()["lr_schedule"] == {"name": "cosine", "warmup_rounds": 2, "min_lr_ratio": 0.01}
     for bad in ({"name": "step"}, {"name": "cosine", "warmup": 2}, {"warmup_rounds": -1},
-                {"warmup_rounds": 1.5}, {"min_lr_ratio": 2.0}, "linear", 3):
-        with pytest.raises(ConfigError, match="lr_schedule"):
-            TrainConfig.from_dict({"lr_schedule": bad})
+                {"warmup_rounds": 1.5}, {"min_lr_ratio": 2.0}, "linear", 3, None):
+        with pytest.raises(ConfigError, match="train.lr_schedule"):
+            section(TrainConfig, {"lr_schedule": bad}, "train")
 
 
 def test_cosine_without_warmup() -> None:

@@ -35,13 +35,13 @@ def test_set_threads_does_not_import_torch() -> None:
 
 
 def test_command_line_and_configs_load_without_heavy_libraries() -> None:
-    """Building the ``fedglioma`` parser and reading the train/federated configs import no torch/sklearn/ANTsPy;
+    """Building the ``fedglioma`` parser and reading the configuration import no torch/sklearn/ANTsPy;
     the lazily exported names still resolve."""
     code = (
         "import sys\n"
         "from fedglioma.cli import build_parser\n"
-        "from fedglioma.train.config import TrainConfig\n"
-        "from fedglioma.federated.config import FederatedConfig\n"
+        "from fedglioma.settings import load_config\n"
+        f"load_config({str(Path(__file__).resolve().parents[2] / 'config' / 'config.yaml')!r})\n"
         "build_parser()\n"
         "print(sorted(m for m in ('torch', 'sklearn', 'ants') if m in sys.modules))\n"
         "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t, fedglioma.preprocess as pp\n"

@@ -313,7 +313,7 @@ def test_clinical_tables_harmonise_to_the_intended_labels():
     import yaml
 
     from fedglioma.constants import TASKS
-    from fedglioma.io.clinical import ClinicalMapping, harmonise
+    from fedglioma.io.clinical import harmonise, site_mapping
     from fedglioma.synth.clinical import STYLES
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -325,7 +325,7 @@ def test_clinical_tables_harmonise_to_the_intended_labels():
         table = pd.read_csv(io.StringIO(text), sep=style.separator, dtype=str, keep_default_na=False)
         assert list(table.columns) == style.header
         assert table[style.id_column].tolist() == site_subject_ids(spec, i, 60)
-        got = harmonise(table, ClinicalMapping.from_config(cfg["clinical"], spec.name), site=spec.name, file="x")
+        got = harmonise(table, site_mapping(cfg["clinical"], spec.name), site=spec.name, file="x")
         want = pd.DataFrame(recorded, dtype=float)
         for t in TASKS:
             assert np.array_equal(got[t].to_numpy(), want[t].to_numpy(), equal_nan=True), (spec.name, t)
@@ -348,23 +348,23 @@ def test_clinical_tables_harmonise_to_the_intended_labels():
 def test_config_holds_the_demo_clinical_mappings():
     import yaml
 
-    from fedglioma.io.clinical import ClinicalMapping
+    from fedglioma.io.clinical import site_mapping
     from fedglioma.synth import demo_clinical_mapping
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for spec in default_site_specs(6, SEED):
-        mine = ClinicalMapping.from_config({"sites": {spec.name: demo_clinical_mapping(spec)}}, spec.name)
-        assert ClinicalMapping.from_config(cfg["clinical"], spec.name) == mine, spec.name
+        mine = site_mapping({"sites": {spec.name: demo_clinical_mapping(spec)}}, spec.name)
+        assert site_mapping(cfg["clinical"], spec.name) == mine, spec.name
 
 
 def test_clinical_thresholds_and_who2021_grades():
     import pandas as pd
 
-    from fedglioma.io.clinical import ClinicalMapping, harmonise, parse_grade
+    from fedglioma.io.clinical import harmonise, parse_grade, site_mapping
 
     assert parse_grade("CNS WHO grade 4") == 4.0 and parse_grade("WHO CNS grade 3") == 3.0
     table = pd.DataFrame({"subject": list("abcdef"), "MGMT": ["12.5", "9.9", "10", "methylated", "n.d.", "3 %"]})
-    mapping = ClinicalMapping.from_config({"default": {"thresholds": {"mgmt": 10}}}, "s")
+    mapping = site_mapping({"default": {"thresholds": {"mgmt": 10}}}, "s")
     got = harmonise(table, mapping, site="s", file="x")["mgmt"].tolist()
     assert got[:4] == [1.0, 0.0, 1.0, 1.0] and np.isnan(got[4]) and got[5] == 0.0
 
@@ -452,7 +452,7 @@ def test_sri24_site_is_deterministic(tmp_path):
         (lambda out: generate_site(out, SMALL, 0, 0, SEED), "n_subjects"),
         (lambda out: generate_site(out, SMALL, 0, -2, SEED), "n_subjects"),
         (lambda out: generate_site(out, SMALL, 0, 2, SEED, {"idh": 1.5}), "idh"),
-        (lambda out: generate_site(out, SMALL, 0, 2, SEED, {"size": 0.5}), "unknown phenotype"),
+        (lambda out: generate_site(out, SMALL, 0, 2, SEED, {"size": 0.5}), "demo.strengths.size: extra inputs"),
         (lambda out: generate_site(out, SMALL, 0, 2, SEED, layout="nnunet"), "layout"),
         (lambda out: generate_site(out, SMALL, 0, 2, -1), "seed"),
         (lambda out: generate_site(out, SiteSpec(name="X", orientation="LLS"), 0, 2, SEED), "orientation"),
@@ -541,11 +541,11 @@ def test_demo_cohort_gives_every_auc_it_reports():
     """The demo config's cohort: every training site's validation split holds both classes of at least one
     marker (a validation AUC for model selection), and the external site holds both classes of IDH,
     1p/19q among IDH-mutant subjects, MGMT and grade 4 vs 2-3 (no external AUC is 'not estimable')."""
-    from fedglioma.config import load_config
+    from fedglioma.settings import load_config
     from fedglioma.synth.cohort import site_clinical
     from fedglioma.train.data import split_subjects
 
-    cfg = load_config(REPO / "config" / "config.yaml")
+    cfg = load_config(REPO / "config" / "config.yaml").model_dump()
     demo, train = cfg["demo"], cfg["train"]
     specs = default_site_specs(6, demo["seed"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,13 +14,13 @@ from safetensors import safe_open
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.federated import FedAvg, FederatedConfig, aggregate_files, load_params, sha256_file
 from fedglioma.model import ModelConfig
+from fedglioma.settings import load_config
 from fedglioma.train import (
     AugmentConfig,
     SiteDataset,
     TrainConfig,
     collate,
     init_global,
-    load_configs,
     load_model,
     local_train,
     predict,
@@ -38,7 +37,7 @@ from tests.fixtures.tiny_site import make_tiny_site
 MODEL = ModelConfig(width=4, depth=2, dropout=0.1)
 TRAIN = TrainConfig(epochs_per_round=2, batch_size=2, val_fraction=0.3, seed=7)
 FEDAVG = FederatedConfig(strategy="fedavg")
-FEDBN = FederatedConfig(strategy="fedavg", site_local_patterns=("*.norm*",))
+FEDBN = FederatedConfig(strategy="fedavg", site_local_patterns=["*.norm*"])
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +194,8 @@ def test_site_local_params_never_in_update(site, global0: Path, tmp_path: Path) 
 
 
 def test_overfit_loss_decreases(site, global0: Path, tmp_path: Path) -> None:
-    cfg = dataclasses.replace(
-        TRAIN, epochs_per_round=15, lr=1e-2, val_fraction=0.0, augment=AugmentConfig(enabled=False)
+    cfg = TRAIN.model_copy(
+        update={"epochs_per_round": 15, "lr": 1e-2, "val_fraction": 0.0, "augment": AugmentConfig(enabled=False)}
     )
     side = _train(site, global0, tmp_path / "update.safetensors", train=cfg)
     losses = side["train_losses"]
@@ -241,15 +240,18 @@ def test_config_sections(tmp_path: Path) -> None:
         "model: {width: 4, depth: 2}\n"
         "train: {epochs_per_round: 2, augment: false, task_weights: {seg: 2.0}}\n"
         "federated: {strategy: fedprox, mu: 0.1}\n"
-        "other: {ignored: true}\n"
     )
-    m, t, f = load_configs(cfg)
+    loaded = load_config(cfg)
+    m, t, f = loaded.model, loaded.train, loaded.federated
     assert m.width == 4 and t.epochs_per_round == 2 and not t.augment.enabled
-    assert t.task_weights["seg"] == 2.0 and t.task_weights["idh"] == 1.0
+    assert t.task_weights.seg == 2.0 and t.task_weights.idh == 1.0
     assert f.strategy == "fedprox" and f.mu == 0.1
     cfg.write_text("train: {epochs: 2}\n")
-    with pytest.raises(ConfigError, match="unknown"):
-        load_configs(cfg)
+    with pytest.raises(ConfigError, match=f"{cfg}: train.epochs: extra inputs are not permitted"):
+        load_config(cfg)
+    cfg.write_text("other: {ignored: true}\n")
+    with pytest.raises(ConfigError, match="other: extra inputs are not permitted"):
+        load_config(cfg)
 
 
 def test_cli_round_trip(site, tmp_path: Path) -> None:

@@ -20,8 +20,7 @@ rule centralized_train:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
         mem_mb=6000,
     params:
         model_cfg=config["model"],
@@ -48,8 +47,7 @@ rule local_only_train:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
         mem_mb=6000,
     params:
         model_cfg=config["model"],
@@ -72,8 +70,7 @@ rule centralized_select:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
     params:
         model_template=baseline_model_template("centralized"),
     script:
@@ -91,8 +88,7 @@ rule local_only_select:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         model_template=baseline_model_template("local_only"),
     script:
@@ -116,8 +112,7 @@ rule compare:
     conda:
         "../../envs/report.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         models=get_models,
         evaluation_cfg=config["evaluation"],

@@ -13,8 +13,7 @@ rule synth_site:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         site_index=site_index,
         n_sites=len(SITES),
@@ -35,8 +34,7 @@ rule labels:
     conda:
         "../../envs/report.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         row=get_site_row,
         clinical_cfg=config["clinical"],
@@ -60,7 +58,6 @@ rule demo_figure:
     conda:
         "../../envs/report.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     script:
         "../scripts/step.py"

@@ -14,10 +14,12 @@ from fedglioma.config import (
 )
 from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
 from fedglioma.io.layouts import discover
+from fedglioma.settings import validate_config
 from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
-# ---- configuration, validated first -------------------------------------------------------
-validate(config, schema=str(SCHEMA_DIR / "config.schema.yaml"))
+# ---- configuration, validated first (fedglioma.settings: unknown keys fail, every default filled in) ----
+_config = validate_config(config, files=workflow.configfiles)
+config.update(_config.model_dump(mode="json"))
 
 _sites_table = read_sites_table(config["sites"])
 validate(_sites_table, schema=str(SCHEMA_DIR / "sites.schema.yaml"))
@@ -358,6 +360,14 @@ def coordinator_partition(wildcards):
 
 def coordinator_account(wildcards):
     return config["cluster"]["coordinator_account"] or config["cluster"]["account"]
+
+
+#: The SLURM partition and account of a job, set once: every rule's `resources:` starts with one of these.
+SITE_SCOPE = {"slurm_partition": site_partition, "slurm_account": site_account}
+COORDINATOR_SCOPE = {
+    "slurm_partition": coordinator_partition,
+    "slurm_account": coordinator_account,
+}
 
 
 def global_model_template(wildcards):

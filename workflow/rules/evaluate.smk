@@ -22,8 +22,7 @@ rule evaluate:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
         mem_mb=6000,
     params:
         model_cfg=config["model"],

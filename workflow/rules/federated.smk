@@ -13,8 +13,7 @@ rule init_model:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
     params:
         model_cfg=config["model"],
         train_cfg=config["train"],
@@ -34,8 +33,7 @@ rule training_set:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         qc_cfg=config["qc"],
     script:
@@ -58,8 +56,7 @@ rule local_train:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
         mem_mb=6000,
     params:
         model_cfg=config["model"],
@@ -85,8 +82,7 @@ rule aggregate:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
         mem_mb=2000,
     params:
         federated_cfg=config["federated"],
@@ -105,8 +101,7 @@ rule validate_round:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         model_cfg=config["model"],
         train_cfg=config["train"],
@@ -127,8 +122,7 @@ rule select_model:
     conda:
         "../../envs/train.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
     params:
         model_template=global_model_template,
     script:
@@ -153,7 +147,6 @@ rule training_curves:
     conda:
         "../../envs/report.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
     script:
         "../scripts/step.py"

@@ -18,8 +18,7 @@ rule template_transform:
         "../../envs/preprocess.yaml"
     threads: 1
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
         mem_mb=3000,
     script:
         "../scripts/step.py"
@@ -49,8 +48,7 @@ rule preprocess_subject:
         "../../envs/preprocess.yaml"
     threads: 1
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
         mem_mb=4000,
     params:
         row=get_site_row,
@@ -80,8 +78,7 @@ rule qc_site:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        slurm_partition=site_partition,
-        slurm_account=site_account,
+        **SITE_SCOPE,
     params:
         qc_cfg=config["qc"],
     script:

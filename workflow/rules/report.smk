@@ -19,8 +19,7 @@ rule report:
     conda:
         "../../envs/report.yaml"
     resources:
-        slurm_partition=coordinator_partition,
-        slurm_account=coordinator_account,
+        **COORDINATOR_SCOPE,
     params:
         config=config,
         external=EXTERNAL_SITE,

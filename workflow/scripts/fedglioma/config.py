@@ -1,14 +1,14 @@
-"""Loading and validating ``config.yaml`` and ``sites.tsv`` outside Snakemake.
+"""Loading and validating ``sites.tsv`` (``config.yaml`` is :mod:`fedglioma.settings`).
 
-The workflow validates with Snakemake's ``validate`` (same schemas, shipped inside the package in
-``fedglioma/schemas/``, :data:`SCHEMA_DIR`); the command line uses :func:`load_config` and
-:func:`load_sites`, which apply the schema defaults the same way.
+The workflow validates the table with Snakemake's ``validate`` and the same schema, shipped inside the package
+in ``fedglioma/schemas/`` (:data:`SCHEMA_DIR`); the command line uses :func:`load_sites`, which applies the
+schema defaults the same way.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.layouts import DEFAULT_NON_TUMOUR_LABELS, DEFAULT_TUMOUR_LABELS
 
-#: The JSON schemas (YAML) of ``config.yaml`` and ``sites.tsv``: package data, so a non-editable install has them.
+#: The JSON schemas (YAML) of ``sites.tsv`` and (generated, for editors and tools) ``config.yaml``: package data.
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
@@ -29,34 +29,12 @@ def _schema(name: str) -> dict[str, Any]:
     return yaml.safe_load((SCHEMA_DIR / name).read_text())
 
 
-def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``schema`` itself, or the definition its local ``$ref`` (``#/$defs/...``) points to."""
-    ref = schema.get("$ref")
-    if not isinstance(ref, str) or not ref.startswith("#/"):
-        return schema
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return _resolve(node, root)
-
-
-def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> None:
-    """Fill ``default`` values in place, as Snakemake's ``validate(set_default=True)`` does: in named properties
-    and in the values of maps whose ``additionalProperties`` is a schema (e.g. ``clinical.sites.<site>``)."""
-    root = schema if root is None else root
-    schema = _resolve(schema, root)
-    props = schema.get("properties") or {}
-    for key, sub in props.items():
-        sub = _resolve(sub, root)
+def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    for key, sub in (schema.get("properties") or {}).items():
         if key not in obj and "default" in sub:
             obj[key] = copy.deepcopy(sub["default"])
-        if isinstance(obj.get(key), dict):
-            _fill_defaults(obj[key], sub, root)
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in obj.items():
-            if key not in props and isinstance(value, dict):
-                _fill_defaults(value, extra, root)
+        if isinstance(obj.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(obj[key], sub)
 
 
 def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, Any]:
@@ -69,37 +47,6 @@ def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, A
         msgs = [f"{what}: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors]
         raise ConfigError("\n".join(msgs))
     return out
-
-
-def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``config`` with ``KEY=VALUE`` overrides (``KEY`` a dotted path such as ``train.epochs_per_round``,
-    ``VALUE`` read as YAML) applied."""
-    out = copy.deepcopy(dict(config))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs_per_round=2), got {item!r}")
-        *parents, leaf = key.strip().split(".")
-        node = out
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item}: {part} is not a section")
-            node = child
-        try:
-            node[leaf] = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from exc
-    return out
-
-
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read ``config.yaml``, apply ``--set`` ``overrides`` and validate (defaults filled in)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    raw = apply_overrides(yaml.safe_load(p.read_text()) or {}, overrides)
-    return validate(raw, "config.schema.yaml", what=str(p) + (" with --set " + " ".join(overrides) if overrides else ""))
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedglioma.errors import ConfigError
-
-#: Default configuration file of every command that reads one.
-DEFAULT_CONFIG = "config/config.yaml"
+from fedglioma.settings import add_config_arguments, config_of
 
 
 @dataclass(frozen=True)
@@ -223,14 +221,6 @@ def _arg_help(func: Callable[..., Any]) -> dict[str, str]:
     return out
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--set``: how every command takes configuration."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config.yaml (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set train.epochs_per_round=2 (repeatable; "
-                             "the value is read as YAML)")
-
-
 def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) -> None:
     """Options of ``func``'s parameters (see the module docstring)."""
     helps = _arg_help(func)
@@ -265,11 +255,10 @@ def add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) -> 
 
 def cli_kwargs(func: Callable[..., Any], args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of ``func`` from options built by :func:`add_arguments`."""
-    from fedglioma.config import load_config, load_sites
+    from fedglioma.config import load_sites
 
     ps = params(func)
-    config = (load_config(args.config, overrides=args.overrides)
-              if any(p.kind in ("config", "row") for p in ps) else None)
+    config = config_of(args) if any(p.kind in ("config", "row") for p in ps) else None
     kwargs: dict[str, Any] = {}
     for p in ps:
         if p.kind == "config":

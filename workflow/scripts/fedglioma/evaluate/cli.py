@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import read_json, read_tsv
-from fedglioma.registry import add_config_arguments
+from fedglioma.settings import Endpoints, add_config_arguments, config_of, section
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
@@ -32,12 +32,10 @@ def load_thresholds(path: str | Path | None) -> dict[str, float | None]:
 
 def _metrics(args: argparse.Namespace) -> int:
     from fedglioma.atomic import write_json
-    from fedglioma.config import load_config
-    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.figures import write_site_figures
     from fedglioma.evaluate.site import summarise_site
 
-    config = load_config(args.config, overrides=args.overrides)
+    config = config_of(args)
 
     predictions = read_tsv(args.predictions, what="predictions table")
     labels = read_tsv(args.labels, what="labels table")
@@ -51,7 +49,7 @@ def _metrics(args: argparse.Namespace) -> int:
         seed=int(config["evaluation"]["seed"]),
         n_bins=args.n_bins,
         site=args.site,
-        endpoints=Endpoints.from_dict(config["endpoints"]),
+        endpoints=section(Endpoints, config["endpoints"], "endpoints"),
     )
     write_json(args.out, summary)
     if args.figures:

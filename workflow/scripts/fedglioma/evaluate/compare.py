@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedglioma import metrics as M
 from fedglioma.atomic import write_text
 from fedglioma.endpoints import POPULATION_LABEL, Endpoints
 from fedglioma.errors import InputError
-from fedglioma.evaluate import metrics as M
 from fedglioma.evaluate.site import MARKER_NAME, MARKERS, SCORE_COLUMN, marker_targets, merge_site_table
 
 REFERENCE = "federated"
@@ -319,9 +319,9 @@ def compare_models(
     endpoints = endpoints or Endpoints()
     for model, summary in metrics.items():
         used = summary.get("endpoints")
-        if used is not None and Endpoints.from_dict(used) != endpoints:
+        if used is not None and Endpoints.model_validate(used) != endpoints:
             raise InputError(
-                f"model {model} was evaluated with endpoints {used}, the comparison uses {endpoints.to_dict()}",
+                f"model {model} was evaluated with endpoints {used}, the comparison uses {endpoints.model_dump()}",
                 site=site,
                 fix="rerun the evaluation with one config (endpoints:)",
             )
@@ -351,14 +351,16 @@ def compare_external(metrics: Sequence[str], predictions: Sequence[str], labels:
     """
     from fedglioma.io.clinical import read_labels
     from fedglioma.io.files import read_json, read_tsv
+    from fedglioma.settings import EvaluationConfig, section
 
+    ev = section(EvaluationConfig, evaluation_cfg, "evaluation")
     return compare_models(
         {m: read_json(p, what=f"metrics of model {m}") for m, p in zip(models, metrics, strict=True)},
         predictions={m: read_tsv(p, what=f"predictions of model {m}") for m, p in zip(models, predictions, strict=True)},
         labels=read_labels(labels),
-        n_boot=int(evaluation_cfg["n_bootstrap"]),
-        seed=int(evaluation_cfg["seed"]),
+        n_boot=ev.n_bootstrap,
+        seed=ev.seed,
         out_tsv=table,
         site=site,
-        endpoints=Endpoints.from_dict(endpoints_cfg),
+        endpoints=section(Endpoints, endpoints_cfg, "endpoints"),
     )

@@ -60,8 +60,8 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
     datasets, as BraTS measures). The network-grid values (both masks resampled to the network grid) follow as
     ``*_grid`` columns. Returns ``None`` when the subject has no reference mask.
     """
-    from fedglioma.evaluate.metrics import segmentation_metrics
     from fedglioma.evaluate.site import GRID_COLUMNS
+    from fedglioma.metrics import segmentation_metrics
     from fedglioma.preprocess.grid import native_image, native_reference_mask
 
     prob = native_image(seg_prob, subject_dir, grid, is_label=False)
@@ -103,16 +103,16 @@ def evaluate_model(final: str, candidates: Sequence[str], files: Sequence[str], 
         labels: the site's ``labels.tsv``.
         model_cfg, evaluation_cfg, endpoints_cfg: the config's ``model``, ``evaluation`` and ``endpoints``.
     """
-    from fedglioma.endpoints import Endpoints
     from fedglioma.evaluate.figures import overlay_figure, pick_best_median_worst, write_site_figures
     from fedglioma.evaluate.site import summarise_site
     from fedglioma.federated.exchange import sha256_file
     from fedglioma.io.clinical import read_labels
-    from fedglioma.model.config import ModelConfig
+    from fedglioma.settings import Endpoints, EvaluationConfig, ModelConfig, section
     from fedglioma.train.local import load_model
 
     model_path, final_doc = resolve_model(final, candidates)
-    net = load_model(model_path, ModelConfig.from_dict(model_cfg))
+    net = load_model(model_path, section(ModelConfig, model_cfg, "model"))
+    ev = section(EvaluationConfig, evaluation_cfg, "evaluation")
     log.info("site %s: evaluating %s (%s)", site, model, model_path)
     pred_rows, seg_rows, keep = [], [], {}
     with atomic_dir(masks) as mask_tmp:
@@ -126,7 +126,7 @@ def evaluate_model(final: str, candidates: Sequence[str], files: Sequence[str], 
             native_path = mask_tmp / f"sub-{subject}_desc-tumour_pred.nii.gz"
             truth_grid = arrays["tumour"].astype(bool) if "tumour" in arrays else None
             row = subject_segmentation(seg_prob, truth_grid, Path(step).parent, Path(grid),
-                                       native_path if evaluation_cfg.get("native_masks", True) else None,
+                                       native_path if ev.native_masks else None,
                                        site=site, subject=subject)
             if row is not None:
                 seg_rows.append(row)
@@ -139,8 +139,8 @@ def evaluate_model(final: str, candidates: Sequence[str], files: Sequence[str], 
         (seg if seg is not None else pd.DataFrame(columns=["subject", "dice", "hd95", "volume_diff_ml"])).to_csv(
             tmp, sep="\t", index=False, na_rep="")
     summary = summarise_site(pred_table, read_labels(labels), seg, final_doc.get("thresholds"),
-                             n_boot=int(evaluation_cfg["n_bootstrap"]), seed=int(evaluation_cfg["seed"]), site=site,
-                             endpoints=Endpoints.from_dict(endpoints_cfg))
+                             n_boot=ev.n_bootstrap, seed=ev.seed, site=site,
+                             endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
     summary["model"] = {"name": model, "round": final_doc.get("round"),
                         "sha256": sha256_file(model_path), "file": str(model_path)}
     with atomic_dir(figures) as fig_tmp:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedglioma import metrics as M
 from fedglioma.atomic import jsonable
 from fedglioma.constants import GRADES, TASKS
 from fedglioma.endpoints import POPULATION_LABEL, Endpoints, restrict
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.evaluate import metrics as M
 
 #: Prediction columns of a predictions TSV (probabilities in [0, 1]; grade columns one per WHO grade).
 PREDICTION_COLUMNS: tuple[str, ...] = ("p_idh", "p_codeletion", "p_mgmt", "p_grade2", "p_grade3", "p_grade4")
@@ -167,7 +167,7 @@ def summarise_segmentation(seg_rows: pd.DataFrame | None, *, site: str | None = 
 
     Rows without a value count in ``n_undefined``; if the table has a ``hd95_reason`` column the reasons are
     tallied (an empty mask's HD95 is the BraTS penalty, see
-    :func:`fedglioma.evaluate.metrics.segmentation_metrics`). With ``dice_grid``, ``hd95_grid`` and
+    :func:`fedglioma.metrics.segmentation_metrics`). With ``dice_grid``, ``hd95_grid`` and
     ``volume_diff_ml_grid`` columns (the same masks on the network grid) their summaries go in
     ``network_grid``.
     """
@@ -284,7 +284,7 @@ def summarise_site(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
-        "endpoints": endpoints.to_dict(),
+        "endpoints": endpoints.model_dump(),
         "subjects": subject_counts,
         "markers": markers,
         "segmentation": summarise_segmentation(seg_rows, site=site),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedglioma.lazy import attach
+from fedglioma.settings import STRATEGY_NAMES, FederatedConfig  # the config section federated: (in fedglioma.settings)
 
 if TYPE_CHECKING:  # the names for type checkers and IDEs
     from fedglioma.federated.aggregate import aggregate_files
-    from fedglioma.federated.config import STRATEGY_NAMES, FederatedConfig, read_config
     from fedglioma.federated.exchange import (
         FileUpdate,
         MemoryUpdate,
@@ -34,11 +34,10 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         make_strategy,
     )
 
-#: public name -> submodule; imported on first use (PEP 562), so that reading the federated config (e.g. to
-#: build the ``fedglioma`` command line) does not import torch
+#: public name -> submodule; imported on first use (PEP 562), so that building the ``fedglioma`` command line
+#: does not import torch
 _EXPORTS: dict[str, str] = {
     "aggregate_files": "aggregate",
-    **dict.fromkeys(("STRATEGY_NAMES", "FederatedConfig", "read_config"), "config"),
     **dict.fromkeys(("FileUpdate", "MemoryUpdate", "Update", "load_params", "load_update", "open_update",
                      "read_sidecar", "save_params", "sha256_file", "sidecar_path"), "exchange"),
     **dict.fromkeys(("is_site_local", "shared_names", "split_params"), "params"),
@@ -69,7 +68,6 @@ __all__ = [
     "load_update",
     "make_strategy",
     "open_update",
-    "read_config",
     "read_sidecar",
     "save_params",
     "select_model",

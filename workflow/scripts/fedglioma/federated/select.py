@@ -2,7 +2,7 @@
 
 Inputs are the validation JSONs written by :func:`fedglioma.train.validate` (one per site and round). No
 patient-level value is read: each site reports metrics and confusion counts over the one threshold grid
-(:data:`fedglioma.evaluate.metrics.THRESHOLD_GRID`). Every arm (federated, centralized, local-only) is selected
+(:data:`fedglioma.metrics.THRESHOLD_GRID`). Every arm (federated, centralized, local-only) is selected
 by this one rule, :func:`select_model`.
 
 - Round score (:func:`round_score`): segmentation and classification weigh half each. Segmentation is the
@@ -30,7 +30,7 @@ import numpy as np
 
 from fedglioma.atomic import write_json
 from fedglioma.errors import InputError
-from fedglioma.evaluate.metrics import choose_threshold_from_counts
+from fedglioma.metrics import choose_threshold_from_counts
 
 #: Metrics of the round score: pooled mean Dice, and the pooled AUC of each marker (grade: 4 vs 2/3).
 SCORE_METRICS: tuple[str, ...] = ("dice_mean", "auc.idh", "auc.codeletion", "auc.mgmt", "auc.grade4")
@@ -87,7 +87,7 @@ def _read(path: Path) -> dict[str, Any]:
 def youden(counts: dict[str, Sequence[int]], grid: Sequence[float]) -> dict[str, Any]:
     """Youden-optimal threshold from summed confusion counts over ``grid``.
 
-    The choice is :func:`fedglioma.evaluate.metrics.choose_threshold_from_counts` (the one Youden rule of the
+    The choice is :func:`fedglioma.metrics.choose_threshold_from_counts` (the one Youden rule of the
     package: ties go to the threshold closest to 0.5). Returns ``{threshold, sensitivity, specificity, youden,
     n_pos, n_neg}``; when positives or negatives are missing J is undefined: ``threshold`` and the rates are
     ``None`` and ``reason`` says why.

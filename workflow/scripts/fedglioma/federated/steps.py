@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedglioma.errors import ConfigError
-from fedglioma.federated.config import FederatedConfig
+from fedglioma.settings import FederatedConfig, section
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def aggregate_round(updates: Sequence[str], update_metas: Sequence[str], previou
     for f, side in pairs:
         if sidecar_path(f) != Path(side):
             raise ConfigError(f"{side} is not the sidecar of {f} (expected {sidecar_path(f)})")
-    cfg = FederatedConfig.from_dict(federated_cfg)
+    cfg = section(FederatedConfig, federated_cfg, "federated")
     out = aggregate_files(make_strategy(cfg), updates, previous, model, round, previous_state, server_state,
                           site_local_patterns=cfg.site_local_patterns)
     log.info("round %d: %s from %d sites -> %s", round, cfg.strategy, len(out["sites"]), model)

@@ -24,8 +24,8 @@ from typing import ClassVar
 import torch
 
 from fedglioma.errors import ConfigError, UpdateRejected
-from fedglioma.federated.config import FederatedConfig
 from fedglioma.federated.exchange import Update
+from fedglioma.settings import FederatedConfig
 
 Tensors = dict[str, torch.Tensor]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from fedglioma.config import layout_options, load_config, load_sites
-from fedglioma.registry import add_config_arguments
+from fedglioma.config import layout_options, load_sites
+from fedglioma.settings import add_config_arguments, config_of
 
 
 def _check_inputs(args: argparse.Namespace) -> int:
-    from fedglioma.io.check import check_site, site_summary, summary_table
+    from fedglioma.check import check_site, site_summary, summary_table
 
-    config = load_config(args.config, overrides=args.overrides)
+    config = config_of(args)
     rows = load_sites(args.sites or config["sites"])
     if args.site:
         rows = [r for r in rows if r.site in set(args.site)]

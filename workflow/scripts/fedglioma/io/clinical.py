@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pandas as pd
 
 from fedglioma.constants import GRADES, TASKS
 from fedglioma.errors import InputError
+from fedglioma.settings import ClinicalConfig, ClinicalMapping, section
 
 MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate",
            "n.d.", "nd", "not done", "not tested"}
@@ -61,31 +61,9 @@ def parse_grade(value: str) -> float | None:
     return float(_ROMAN.get(g, int(g) if g.isdigit() else 0)) or None
 
 
-@dataclass
-class ClinicalMapping:
-    """How one site's clinical table maps to the targets (config ``clinical:`` section)."""
-
-    id_column: str = "subject"
-    columns: dict[str, str] = field(
-        default_factory=lambda: {"idh": "IDH", "codeletion": "1p19q", "mgmt": "MGMT", "grade": "grade"}
-    )
-    values: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: Binary target -> cut-off for a numeric column (e.g. MGMT methylation %): >= cut-off is 1, below is 0.
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, clinical_cfg: Mapping[str, Any] | None, site: str) -> ClinicalMapping:
-        """Merge ``clinical.default`` with ``clinical.sites.<site>`` from config."""
-        cfg = dict(clinical_cfg or {})
-        merged = cls()
-        for part in (cfg.get("default") or {}, (cfg.get("sites") or {}).get(site) or {}):
-            if "id_column" in part:
-                merged.id_column = part["id_column"]
-            merged.columns.update(part.get("columns") or {})
-            for task, extra in (part.get("values") or {}).items():
-                merged.values.setdefault(task, {}).update(extra)
-            merged.thresholds.update({k: float(v) for k, v in (part.get("thresholds") or {}).items()})
-        return merged
+def site_mapping(clinical_cfg: Mapping[str, Any] | None, site: str) -> ClinicalMapping:
+    """The mapping of ``site`` from the config section ``clinical:`` (``default`` with ``sites.<site>`` applied)."""
+    return section(ClinicalConfig, clinical_cfg, "clinical").for_site(site)
 
 
 def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
@@ -93,7 +71,7 @@ def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
         return float("nan")
     text = str(raw).strip()
     low = text.lower()
-    extra = {k.strip().lower(): v for k, v in mapping.values.get(task, {}).items()}
+    extra = {k.strip().lower(): v for k, v in getattr(mapping.values, task).items()}
     if low in extra:
         text = str(extra[low])
         low = text.lower()
@@ -101,8 +79,9 @@ def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
         return float("nan")
     if task == "grade":
         return parse_grade(text)
-    if task in mapping.thresholds and _NUMBER_RX.match(low):
-        return 1.0 if float(low.rstrip("%").strip()) >= mapping.thresholds[task] else 0.0
+    cut = getattr(mapping.thresholds, task)
+    if cut is not None and _NUMBER_RX.match(low):
+        return 1.0 if float(low.rstrip("%").strip()) >= cut else 0.0
     return SPELLINGS[task].get(low)
 
 
@@ -137,7 +116,7 @@ def harmonise(table: pd.DataFrame, mapping: ClinicalMapping, *, site: str, file:
     if dup:
         problems.append(f"duplicated subject IDs {dup}")
     for task in TASKS:
-        col = mapping.columns.get(task)
+        col = getattr(mapping.columns, task)
         if not col or col not in table.columns:
             out[task] = np.nan  # the site does not provide this label at all
             continue
@@ -235,7 +214,7 @@ def write_site_labels(row: Any, clinical_cfg: Mapping[str, Any] | None, out: str
 
     found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
     labels = site_labels([s.subject for s in found.subjects], row.clinical or None,
-                         ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site)
+                         site_mapping(clinical_cfg, row.site), site=row.site)
     write_labels(labels, out)
     return labels
 

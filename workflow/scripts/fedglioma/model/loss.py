@@ -16,8 +16,7 @@ from torch import nn
 
 from fedglioma.constants import TASKS
 from fedglioma.endpoints import Endpoints, restrict
-from fedglioma.errors import ConfigError
-from fedglioma.model.config import DEFAULT_TASK_WEIGHTS, LOSS_TERMS
+from fedglioma.settings import TaskWeights
 
 IDH, CODELETION, MGMT, GRADE = range(4)
 
@@ -53,17 +52,10 @@ def label_masks(labels: torch.Tensor, endpoints: Endpoints | None = None) -> dic
 class MultiTaskLoss(nn.Module):
     """Weighted sum of: soft Dice + BCE (segmentation, subjects with a mask), BCE per binary marker, CE for grade."""
 
-    def __init__(self, weights: Mapping[str, float] | None = None, endpoints: Endpoints | None = None) -> None:
+    def __init__(self, weights: TaskWeights | None = None, endpoints: Endpoints | None = None) -> None:
         super().__init__()
         self.endpoints = endpoints or Endpoints()
-        w = dict(DEFAULT_TASK_WEIGHTS)
-        for k, v in (weights or {}).items():
-            if k not in w:
-                raise ConfigError(f"unknown task weight {k!r}; known: {list(LOSS_TERMS)}")
-            if not float(v) >= 0:
-                raise ConfigError(f"task weight {k} must be >= 0, got {v!r}")
-            w[k] = float(v)
-        self.weights = w
+        self.weights = (weights or TaskWeights()).model_dump()
 
     def forward(
         self,

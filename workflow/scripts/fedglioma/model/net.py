@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedglioma.constants import BINARY_TASKS, GRADES, TASKS
-from fedglioma.model.config import ModelConfig
+from fedglioma.settings import ModelConfig
 
 #: Output sizes of the classification heads (logits).
 HEAD_SIZES: dict[str, int] = {**{t: 1 for t in BINARY_TASKS}, "grade": len(GRADES)}

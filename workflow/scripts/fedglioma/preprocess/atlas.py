@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError
 from fedglioma.preprocess.common import (
     REFERENCE,
-    check_unknown_params,
     from_ants,
     grid_of,
     read_step,
@@ -41,27 +41,9 @@ from fedglioma.preprocess.common import (
 )
 from fedglioma.preprocess.registration import Registration, check_transform, register, schedule
 from fedglioma.preprocess.templates import load_template, template_transform_file
+from fedglioma.settings import AtlasConfig, section_params
 
 log = logging.getLogger("fedglioma.preprocess.atlas")
-
-DEFAULTS: dict[str, Any] = {
-    "template": "MNI152",
-    "template_path": None,
-    "template_mask_path": None,
-    "resolution_mm": 1.0,
-    "type_of_transform": "Affine",
-    "working_resolution_mm": 2.0,
-    "use_template_mask": True,
-    "shrink": [4, 2, 1],
-    "smoothing": [2, 1, 0],
-    "iterations": [100, 50, 25],
-    "sampling": 32,
-    "sampling_rate": 0.2,
-    "syn_iterations": [40, 20, 0],
-    "interpolator": "linear",
-    "seed": 1,
-}
-
 
 def register_to_template(
     image: nib.Nifti1Image,
@@ -71,15 +53,16 @@ def register_to_template(
     *,
     workdir: Path,
     dest: Path,
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any],
 ) -> Registration:
     """Register the brain-masked ``image`` onto ``template`` (which must be brain-only).
 
+    ``params`` are the step's validated parameters (:class:`~fedglioma.settings.AtlasConfig`, every key).
     Voxels outside ``brain`` are set to 0 first, so the site's background value does not matter.
     """
-    p = {**DEFAULTS, **(params or {})}
+    p = params
     check_transform(p["type_of_transform"])
-    kw = schedule(p)
+    kw = schedule(dict(p))
     data = np.asarray(image.dataobj, dtype=np.float32)
     inside = np.asarray(brain.dataobj) > 0
     lo = float(data[inside].min()) if inside.any() else 0.0
@@ -111,8 +94,7 @@ def register_atlas(
     """
     import ants
 
-    check_unknown_params(params, set(DEFAULTS), "register_atlas")
-    p = {**DEFAULTS, **params}
+    p = section_params(AtlasConfig, params, "preprocess.atlas")
     declared = declared or Declared()
     out_dir = Path(out_dir)
     name = str(p["template"])

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError
-from fedglioma.registry import add_config_arguments
+from fedglioma.settings import add_config_arguments, config_of
 
 #: Step command -> (step, its section of ``preprocess`` in the config, help).
 STEP_COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -29,12 +29,6 @@ STEP_COMMANDS: dict[str, tuple[str, str, str]] = {
     "n4": ("n4", "n4", "N4 bias-field correction inside the brain mask"),
     "normalise": ("normalise", "normalise", "intensity normalisation inside the brain mask"),
 }
-
-
-def _config(a: argparse.Namespace) -> dict[str, Any]:
-    from fedglioma.config import load_config
-
-    return load_config(a.config, overrides=a.overrides)
 
 
 def _add_ids(p: argparse.ArgumentParser) -> None:
@@ -69,7 +63,7 @@ def _step_handler(step: str, section: str) -> Any:
         from fedglioma.preprocess.steps import run_step
 
         run_step(step, a.in_dir, a.out_dir, site=a.site, subject=a.subject,
-                 params=dict(_config(a)["preprocess"][section]), declared=_declared(a),
+                 params=dict(config_of(a)["preprocess"][section]), declared=_declared(a),
                  template_transform=getattr(a, "template_transform", None))
         return 0
 
@@ -94,9 +88,7 @@ def _cmd_import(a: argparse.Namespace) -> int:
 def _cmd_skullstrip_file(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.skullstrip import skullstrip_file
 
-    p = _config(a)["preprocess"]["skullstrip"]
-    skullstrip_file(Path(a.image), Path(a.mask), out_brain=a.brain, mode=p["mode"], tta=bool(p["tta"]),
-                    method=p["method"], device=p["device"], precision=p["precision"])
+    skullstrip_file(Path(a.image), Path(a.mask), out_brain=a.brain, **config_of(a)["preprocess"]["skullstrip"])
     return 0
 
 
@@ -104,14 +96,14 @@ def _cmd_training_file(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.grid import training_file
 
     training_file(a.in_dir, a.out_npz, site=a.site, subject=a.subject, grid_json=a.grid_json,
-                  **dict(_config(a)["preprocess"]["grid"]))
+                  **dict(config_of(a)["preprocess"]["grid"]))
     return 0
 
 
 def _cmd_qc(a: argparse.Namespace) -> int:
     from fedglioma.preprocess.qc import qc
 
-    qc(a.subject_dir, a.out_png, a.out_json, thresholds=dict(_config(a)["qc"]["thresholds"]), site=a.site,
+    qc(a.subject_dir, a.out_png, a.out_json, thresholds=dict(config_of(a)["qc"]["thresholds"]), site=a.site,
        subject=a.subject)
     return 0
 

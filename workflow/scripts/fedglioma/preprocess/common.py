@@ -386,10 +386,3 @@ def float_tuple(value: Any, key: str, n: int | None = None) -> tuple[float, ...]
         if len(vals) != n:
             raise ConfigError(f"preprocess parameter {key!r} = {value!r} must have {n} values")
     return vals
-
-
-def check_unknown_params(params: Mapping[str, Any], known: set[str], step: str) -> None:
-    """Reject misspelt parameters instead of silently ignoring them."""
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(f"unknown preprocess.{step} parameter(s) {unknown}; known: {sorted(known)}")

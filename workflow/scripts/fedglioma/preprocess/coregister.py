@@ -7,6 +7,7 @@ Every output is on the T1c grid. The tumour mask must already be on the T1c grid
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,9 @@ import nibabel as nib
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
 from fedglioma.declared import Declared
-from fedglioma.errors import ConfigError, InputError
+from fedglioma.errors import InputError
 from fedglioma.preprocess.common import (
     REFERENCE,
-    check_unknown_params,
     from_ants,
     read_step,
     rel_to_subject,
@@ -28,25 +28,11 @@ from fedglioma.preprocess.common import (
     tumour_name,
     write_step,
 )
-from fedglioma.preprocess.registration import check_transform, register, schedule
+from fedglioma.preprocess.registration import register, schedule
+from fedglioma.settings import CoregisterConfig, section_params
 
 log = logging.getLogger("fedglioma.preprocess.coregister")
 
-#: Parameters of this step with their defaults (config ``preprocess.coregister``).
-DEFAULTS: dict[str, Any] = {
-    "skip": False,
-    "transform": "Rigid",
-    "working_resolution_mm": 2.0,
-    "shrink": [4, 2],
-    "smoothing": [2, 1],
-    "iterations": [100, 50],
-    "sampling": 32,
-    "sampling_rate": 0.2,
-    "interpolator": "linear",
-    "init": "identity",
-    "seed": 1,
-}
-INTERPOLATORS = {"linear", "bSpline", "lanczosWindowedSinc", "nearestNeighbor"}
 
 
 def rigid_to_reference(
@@ -56,26 +42,23 @@ def rigid_to_reference(
     workdir: Path,
     dest: Path,
     stem: str,
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any],
 ) -> tuple[nib.Nifti1Image, list[Path]]:
     """Rigidly register ``moving`` onto ``fixed`` and resample it onto the fixed grid.
 
+    ``params`` are the step's validated parameters (:class:`~fedglioma.settings.CoregisterConfig`, every key).
     Returns the resampled image (exactly ``fixed``'s affine and header) and the
     forward transform files (moving -> fixed) kept under ``dest``.
     """
     import ants
 
-    p = {**DEFAULTS, **(params or {})}
-    check_transform(p["transform"], allowed={"Rigid", "QuickRigid", "DenseRigid", "Affine", "AffineFast", "Similarity"})
-    kw = schedule(p)
-    if p["init"] == "identity":
+    kw = schedule(dict(params))
+    if params["init"] == "identity":
         kw["initial_transform"] = "Identity"
-    elif p["init"] != "com":
-        raise ConfigError(f"coregister init must be 'identity' or 'com', not {p['init']!r}")
     fa, ma = to_ants(fixed), to_ants(moving)
-    reg = register(fa, ma, workdir=workdir, dest=dest, stem=stem, type_of_transform=p["transform"], kwargs=kw,
-                   seed=p["seed"], working_resolution_mm=p["working_resolution_mm"])
-    out = ants.apply_transforms(fa, ma, [str(f) for f in reg.forward], interpolator=p["interpolator"])
+    reg = register(fa, ma, workdir=workdir, dest=dest, stem=stem, type_of_transform=params["transform"], kwargs=kw,
+                   seed=params["seed"], working_resolution_mm=params["working_resolution_mm"])
+    out = ants.apply_transforms(fa, ma, [str(f) for f in reg.forward], interpolator=params["interpolator"])
     return from_ants(out, like_img=fixed), reg.forward
 
 
@@ -91,10 +74,7 @@ def coregister(in_dir: Path, out_dir: Path, *, site: str, subject: str, declared
     """
     import ants
 
-    check_unknown_params(params, set(DEFAULTS), "coregister")
-    p = {**DEFAULTS, **params}
-    if p["interpolator"] not in INTERPOLATORS:
-        raise ConfigError(f"coregister interpolator must be one of {sorted(INTERPOLATORS)}")
+    p = section_params(CoregisterConfig, params, "preprocess.coregister")
     out_dir = Path(out_dir)
     declared = declared or Declared()
     skip = bool(p["skip"]) or declared.is_coregistered

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from fedglioma.atomic import atomic_path, dumps
 from fedglioma.constants import MODALITIES
-from fedglioma.errors import ConfigError, InputError
+from fedglioma.errors import InputError
 from fedglioma.preprocess.common import (
     bbox,
     float_tuple,
@@ -33,6 +33,7 @@ from fedglioma.preprocess.common import (
     to_ants,
 )
 from fedglioma.preprocess.importing import from_canonical
+from fedglioma.settings import GridConfig, section
 
 log = logging.getLogger("fedglioma.preprocess.grid")
 
@@ -115,19 +116,20 @@ def training_file(
     *,
     site: str,
     subject: str,
-    grid_spacing: float | list[float] = 1.5,
-    grid_shape: int | list[int] = 128,
-    antialias: bool = True,
     grid_json: Path | None = None,
+    **params: Any,
 ) -> None:
     """Write ``sub-{subject}_train.npz`` (``image`` float32 (4,X,Y,Z) in MODALITIES order, ``brain`` uint8,
-    ``tumour`` uint8 when present) and ``sub-{subject}_grid.json`` next to it (or at ``grid_json``)."""
+    ``tumour`` uint8 when present) and ``sub-{subject}_grid.json`` next to it (or at ``grid_json``).
+
+    ``params`` are the ``preprocess.grid`` keys (:class:`~fedglioma.settings.GridConfig`: ``grid_spacing``,
+    ``grid_shape``, ``antialias``)."""
     in_dir, out_npz = Path(in_dir), Path(out_npz)
-    spacing = float_tuple(grid_spacing, "grid_spacing", 3)
-    shape = int_tuple(grid_shape, "grid_shape")
+    grid = section(GridConfig, params, "preprocess.grid")
+    spacing = float_tuple(grid.grid_spacing, "grid_spacing", 3)
+    shape = int_tuple(grid.grid_shape, "grid_shape")
     shape = shape * 3 if len(shape) == 1 else shape
-    if len(shape) != 3 or min(shape) < 8 or min(spacing) <= 0:
-        raise ConfigError(f"grid_shape {grid_shape} / grid_spacing {grid_spacing}: need 3 sizes >= 8 and spacing > 0")
+    antialias = grid.antialias
     with timer() as t:
         sub = read_step(in_dir, site=site, subject=subject, need_brain=True)
         assert sub.brain is not None

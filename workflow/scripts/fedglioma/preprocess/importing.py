@@ -17,25 +17,22 @@ from nibabel.orientations import apply_orientation, io_orientation, ornt_transfo
 
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
-from fedglioma.declared import Declared, check_declared
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.nifti import check_same_grid, load_nifti
 from fedglioma.preprocess.common import (
     REFERENCE,
     State,
     Subject,
-    check_unknown_params,
     grid_of,
     timer,
     write_step,
 )
+from fedglioma.preprocess.site_checks import check_declared
+from fedglioma.settings import ImportParams, parse
 
 log = logging.getLogger("fedglioma.preprocess.import")
 
-#: Largest tolerated relative difference of the physical extent of two modalities (per world axis).
-DEFAULT_FOV_MAX_EXTENT_DIFF = 0.5
-#: Largest tolerated distance (mm) between the FOV centres of two modalities.
-DEFAULT_FOV_MAX_CENTRE_MM = 50.0
 _RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
 #: sform and qform are taken as consistent when they differ by less than this (mm, affine entries).
 FORM_ATOL_MM = 1e-2
@@ -77,13 +74,13 @@ def check_fov(
     site: str | None = None,
     subject: str | None = None,
     reference: str = REFERENCE,
-    max_extent_diff: float = DEFAULT_FOV_MAX_EXTENT_DIFF,
-    max_centre_mm: float = DEFAULT_FOV_MAX_CENTRE_MM,
+    max_extent_diff: float,
+    max_centre_mm: float,
 ) -> None:
     """Fail when a modality's field of view differs wildly from the reference modality's.
 
-    Extents are compared per world axis (relative difference to the larger one);
-    centres by Euclidean distance in mm.
+    Extents are compared per world axis (relative difference to the larger one, at most ``max_extent_diff``);
+    centres by Euclidean distance in mm (at most ``max_centre_mm``).
     """
     ref_ext, ref_c = fov_box(images[reference])
     for m, img in images.items():
@@ -189,16 +186,16 @@ def import_subject(
     """Import one subject: checked loading, FOV and label checks, reorientation to RAS canonical.
 
     What the site ``declared`` (skull-stripped, template space) is checked against the images here,
-    before any long job runs (:func:`fedglioma.declared.check_declared`).
+    before any long job runs (:func:`fedglioma.preprocess.site_checks.check_declared`).
 
     Args:
         raw: path per modality (keys T1, T1c, T2, FLAIR).
         seg: label map on the T1c grid, or None.
         tumour_labels: label values forming the whole tumour.
         out_dir: step folder to write (atomically).
-        params: ``fov_max_extent_diff`` (0.5), ``fov_max_centre_mm`` (50).
+        params: :class:`~fedglioma.settings.ImportParams` (``fov_max_extent_diff``, ``fov_max_centre_mm``).
     """
-    check_unknown_params(params, {"fov_max_extent_diff", "fov_max_centre_mm"}, "import")
+    fov = parse(ImportParams, params, what="import parameters")
     missing = [m for m in MODALITIES if m not in raw]
     if missing:
         raise InputError(f"modalities {missing} missing", site=site, subject=subject,
@@ -223,8 +220,8 @@ def import_subject(
         check_fov(
             native_imgs,
             files={m: raw[m] for m in MODALITIES},
-            max_extent_diff=float(params.get("fov_max_extent_diff", DEFAULT_FOV_MAX_EXTENT_DIFF)),
-            max_centre_mm=float(params.get("fov_max_centre_mm", DEFAULT_FOV_MAX_CENTRE_MM)),
+            max_extent_diff=fov.fov_max_extent_diff,
+            max_centre_mm=fov.fov_max_centre_mm,
             **ctx,
         )
         declared_notes = check_declared(native_imgs, declared or Declared(), site=site, subject=subject,

@@ -7,6 +7,7 @@ background is set to 0 after normalisation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,39 +16,31 @@ import numpy as np
 
 from fedglioma.atomic import atomic_dir
 from fedglioma.constants import MODALITIES
-from fedglioma.errors import ConfigError, InputError
+from fedglioma.errors import InputError
 from fedglioma.preprocess.common import (
     bbox,
-    check_unknown_params,
     like,
     read_step,
     timer,
     to_ants,
     write_step,
 )
+from fedglioma.settings import N4Config, NormaliseSection, PercentileConfig, ZScoreConfig, section, section_params
 
 log = logging.getLogger("fedglioma.preprocess.intensity")
 
 # --------------------------------------------------------------------------- N4
-
-N4_DEFAULTS: dict[str, Any] = {
-    "skip": False,
-    "shrink_factor": 6,
-    "iterations": [50, 50, 25],
-    "tolerance": 1e-6,
-    "spline_param": None,
-}
-
 
 def n4_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image, **params: Any) -> tuple[nib.Nifti1Image, float]:
     """N4 bias-field correction of ``img`` inside ``mask`` (outside the mask the image is unchanged).
 
     N4 works on the log of the intensities, so when the brain holds values <= 0 (z-scored
     inputs) they are shifted to be positive for N4 and shifted back after; the shift is returned.
+    ``params``: the ``preprocess.n4`` keys (:class:`~fedglioma.settings.N4Config`).
     """
     import ants
 
-    p = {**N4_DEFAULTS, **params}
+    p = section_params(N4Config, params, "preprocess.n4")
     data = np.asarray(img.dataobj, dtype=np.float32)
     inside = np.asarray(mask.dataobj) > 0
     if not inside.any():
@@ -78,8 +71,7 @@ def n4_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image, **params: Any) -> tu
 
 def n4(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params: Any) -> None:
     """N4 bias-field correction of every modality inside the brain mask (``skip: true`` copies the data)."""
-    check_unknown_params(params, set(N4_DEFAULTS), "n4")
-    p = {**N4_DEFAULTS, **params}
+    p = section_params(N4Config, params, "preprocess.n4")
     sub = read_step(in_dir, site=site, subject=subject, need_brain=True)
     assert sub.brain is not None
     with atomic_dir(out_dir) as tmp:
@@ -121,7 +113,7 @@ class ZScore(Normaliser):
 
     name = "zscore"
 
-    def __init__(self, clip: tuple[float, float] | list[float] | None = (0.5, 99.5)) -> None:
+    def __init__(self, clip: Sequence[float] | None) -> None:
         super().__init__(clip=clip)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
 
@@ -142,7 +134,7 @@ class PercentileScale(Normaliser):
 
     name = "percentile"
 
-    def __init__(self, percentiles: tuple[float, float] | list[float] = (0.5, 99.5)) -> None:
+    def __init__(self, percentiles: Sequence[float]) -> None:
         super().__init__(percentiles=percentiles)
         self.percentiles = (float(percentiles[0]), float(percentiles[1]))
 
@@ -158,21 +150,15 @@ class PercentileScale(Normaliser):
 NORMALISERS: dict[str, type[Normaliser]] = {"zscore": ZScore, "percentile": PercentileScale}
 
 
-def make_normaliser(method: str = "zscore", **options: Any) -> Normaliser:
-    """Normaliser by registry name with its options (ConfigError for unknown names/options)."""
-    try:
-        cls = NORMALISERS[method]
-    except KeyError:
-        raise ConfigError(f"unknown normalisation method {method!r}; known: {sorted(NORMALISERS)}") from None
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"normalisation {method}: {exc}") from exc
+def make_normaliser(cfg: ZScoreConfig | PercentileConfig) -> Normaliser:
+    """The normaliser a validated ``preprocess.normalise`` section names, with its options."""
+    return NORMALISERS[cfg.method](**cfg.model_dump(mode="json", exclude={"method"}))
 
 
-def normalise(in_dir: Path, out_dir: Path, *, site: str, subject: str, method: str = "zscore", **options: Any) -> None:
-    """Normalise every modality inside the brain mask with ``NORMALISERS[method](**options)``."""
-    norm = make_normaliser(method, **options)
+def normalise(in_dir: Path, out_dir: Path, *, site: str, subject: str, **params: Any) -> None:
+    """Normalise every modality inside the brain mask with the normaliser of ``params`` (the
+    ``preprocess.normalise`` keys: ``method``, zscore by default, and its options)."""
+    norm = make_normaliser(section(NormaliseSection, params, "preprocess.normalise").root)
     sub = read_step(in_dir, site=site, subject=subject, need_brain=True)
     assert sub.brain is not None
     mask = np.asarray(sub.brain.dataobj) > 0
@@ -183,5 +169,5 @@ def normalise(in_dir: Path, out_dir: Path, *, site: str, subject: str, method: s
         with timer() as t:
             for m in MODALITIES:
                 sub.images[m] = like(sub.images[m], norm(np.asarray(sub.images[m].dataobj), mask))
-        sub.state.add_step("normalise", params={"method": method, **norm.params}, seconds=t["seconds"])
+        sub.state.add_step("normalise", params={"method": norm.name, **norm.params}, seconds=t["seconds"])
         write_step(tmp, sub, subject=subject)

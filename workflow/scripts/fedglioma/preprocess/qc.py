@@ -20,9 +20,9 @@ from scipy import ndimage
 
 from fedglioma.atomic import atomic_path, write_json
 from fedglioma.constants import MODALITIES
-from fedglioma.errors import ConfigError, InputError
-from fedglioma.evaluate.metrics import dice
+from fedglioma.errors import InputError
 from fedglioma.io.files import read_json, read_tsv
+from fedglioma.metrics import dice
 from fedglioma.preprocess import qc_measures as measures
 from fedglioma.preprocess.common import (
     REFERENCE,
@@ -36,19 +36,10 @@ from fedglioma.preprocess.common import (
     tumour_name,
     voxel_volume_ml,
 )
+from fedglioma.settings import QcConfig, QcThresholds, section, section_params
 
 log = logging.getLogger("fedglioma.preprocess.qc")
 
-#: Default QC thresholds (config ``qc.thresholds``; calibration in docs/preprocessing.md).
-THRESHOLDS: dict[str, float] = {
-    "brain_ml_min": 900.0,
-    "brain_ml_max": 2200.0,
-    "min_template_dice": 0.8,
-    "min_ventricle_contrast": 0.95,
-    "min_tumour_in_brain": 0.9,
-    "min_snr": 5.0,
-    "min_sequence_contrast": -0.5,
-}
 COLUMNS = ("site", "subject", "brain_volume_ml", "template_dice", "ventricle_contrast", "template_ncc", "snr",
            "tumour_in_brain", "sequence_contrast", "sequence_pair", "skipped", "flagged", "reasons")
 
@@ -127,7 +118,7 @@ def qc_metrics(
     final: Subject,
     template: nib.Nifti1Image | None,
     template_mask: nib.Nifti1Image | None,
-    thresholds: dict[str, float] | None = None,
+    thresholds: Mapping[str, float] | None = None,
     tissue: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """QC row of one subject; ``flagged`` with ``reasons``.
@@ -143,7 +134,7 @@ def qc_metrics(
     modality pairs, ``sequence_pair`` the pair; negative = swapped sequences) with every pair's score in
     ``contrast_scores``. A measure that cannot be computed is None and never flags; an empty brain mask flags.
     """
-    th = check_thresholds(thresholds, site=stripped.state.site, subject=stripped.state.subject)
+    th = check_thresholds(thresholds)
     if stripped.brain is None or final.brain is None:
         raise InputError("no brain mask in the skull-strip or final step", site=stripped.state.site,
                          subject=stripped.state.subject, fix="run skull stripping before QC")
@@ -207,15 +198,10 @@ def qc_metrics(
     return row
 
 
-def check_thresholds(thresholds: dict[str, float] | None, *, site: str | None = None,
-                     subject: str | None = None) -> dict[str, float]:
-    """:data:`THRESHOLDS` updated with ``thresholds``; an unknown name is a ConfigError."""
-    unknown = sorted(set(thresholds or {}) - set(THRESHOLDS))
-    if unknown:
-        where = ", ".join(f"{k} {v}" for k, v in (("site", site), ("subject", subject)) if v)
-        raise ConfigError(f"unknown QC threshold(s) {unknown}{' (' + where + ')' if where else ''}; "
-                          f"known: {sorted(THRESHOLDS)}")
-    return {**THRESHOLDS, **{k: float(v) for k, v in (thresholds or {}).items()}}
+def check_thresholds(thresholds: Mapping[str, float] | None) -> dict[str, float]:
+    """The QC thresholds: the defaults (:class:`~fedglioma.settings.QcThresholds`) updated with ``thresholds``;
+    an unknown name or a bad value is a ConfigError."""
+    return section_params(QcThresholds, thresholds or {}, "qc.thresholds")
 
 
 def read_qc_step(step_dir: Path, *, site: str, subject: str) -> Subject:
@@ -284,7 +270,7 @@ def qc(
     out_png: Path,
     out_json: Path,
     *,
-    thresholds: dict[str, float] | None = None,
+    thresholds: Mapping[str, float] | None = None,
     site: str | None = None,
     subject: str | None = None,
 ) -> dict[str, Any]:
@@ -318,7 +304,7 @@ def qc(
         if p.get("template_path") is None:
             tissue = measures.tissue_maps(tpl.name, tpl.image, tpl.mask)
     row = qc_metrics(stripped, raw_t1c, final, template, template_mask, thresholds, tissue)
-    row["thresholds"] = check_thresholds(thresholds, site=site, subject=subject)
+    row["thresholds"] = check_thresholds(thresholds)
     # steps skipped because of what the site declared (or the config), e.g. "coregister, skullstrip"
     row["skipped"] = ", ".join(str(s["name"]) for s in state.steps if s.get("skipped"))
     qc_figure(final, out_png, title=f"site {site}, subject {subject}" + ("  FLAGGED" if row["flagged"] else ""))
@@ -349,7 +335,7 @@ def flagged_subjects(table: str | Path) -> pd.DataFrame:
 
 def qc_excluded(table: str | Path | None, qc_cfg: Mapping[str, Any]) -> set[str]:
     """Subjects that QC excludes from training and validation (only when ``qc.exclude_flagged``)."""
-    if not table or not qc_cfg.get("exclude_flagged", False):
+    if not table or not section(QcConfig, qc_cfg, "qc").exclude_flagged:
         return set()
     t = flagged_subjects(table)
     return set(t.loc[t["flagged"], "subject"])
@@ -370,7 +356,7 @@ def qc_site(rows: Sequence[str], table: str, summary: str, example: str, *, site
     write_site_table(rows, table)
     t = flagged_subjects(table)
     flagged = t[t["flagged"]]
-    excluded = bool(qc_cfg.get("exclude_flagged", False))
+    excluded = section(QcConfig, qc_cfg, "qc").exclude_flagged
     flags = [{"subject": r["subject"], "reasons": r.get("reasons", "")} for _, r in flagged.iterrows()]
     write_json(summary, {
         "site": site,

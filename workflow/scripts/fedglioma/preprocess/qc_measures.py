@@ -2,7 +2,7 @@
 
 Used by :mod:`fedglioma.preprocess.qc`; calibrated in docs/preprocessing.md ("QC calibration").
 
-- Dice (:func:`fedglioma.evaluate.metrics.dice`, the package's one Dice): overlap of the subject's template-space brain mask with the template's brain mask. It drops
+- Dice (:func:`fedglioma.metrics.dice`, the package's one Dice): overlap of the subject's template-space brain mask with the template's brain mask. It drops
   when the registration is off (shift, rotation) or the brain mask is partial or empty, and does not depend
   on contrast or slice thickness (a normalised cross-correlation with the template T1 does: 0.18-0.25 on
   correctly processed real 5.5 mm exams).

@@ -77,14 +77,11 @@ def schedule(params: dict[str, Any], defaults: dict[str, Any] | None = None) -> 
     return kw
 
 
-def check_transform(type_of_transform: str, allowed: set[str] | None = None) -> None:
-    """ConfigError for a transform name ANTsPy does not know (or not allowed here)."""
+def check_transform(type_of_transform: str) -> None:
+    """ConfigError for a transform name ANTsPy does not know."""
     known = LINEAR | {"SyN", "SyNRA", "SyNOnly", "ElasticSyN", "SyNAggro", "SyNCC", "TRSAA"}
-    ok = type_of_transform in known or type_of_transform.startswith("antsRegistrationSyN")
-    if allowed is not None:
-        ok = type_of_transform in allowed
-    if not ok:
-        raise ConfigError(f"unsupported type_of_transform {type_of_transform!r}" + (f"; allowed: {sorted(allowed)}" if allowed else ""))
+    if not (type_of_transform in known or type_of_transform.startswith("antsRegistrationSyN")):
+        raise ConfigError(f"unsupported type_of_transform {type_of_transform!r}")
 
 
 def register(

@@ -28,9 +28,7 @@ from fedglioma.constants import MODALITIES
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess.common import (
-    REFERENCE,
     bbox,
-    check_unknown_params,
     like,
     read_step,
     save_image,
@@ -39,22 +37,10 @@ from fedglioma.preprocess.common import (
     to_ants,
     write_step,
 )
+from fedglioma.settings import SkullstripConfig, section_params
 
 log = logging.getLogger("fedglioma.preprocess.skullstrip")
 
-DEFAULTS: dict[str, Any] = {
-    "method": "hdbet",
-    "modality": REFERENCE,
-    "mode": "fast",
-    "tta": False,
-    "postprocess": True,
-    "device": "auto",
-    "precision": "auto",
-    "crop_margin_mm": 10.0,
-    "atlas_dilate_mm": 2.0,
-    "background_tolerance": 1e-3,
-}
-METHODS = ("hdbet", "atlas")
 
 
 # --------------------------------------------------------------------------- HD-BET
@@ -267,23 +253,16 @@ def _ellipsoid(radius: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- step
 
 
-def brain_mask(
-    img: nib.Nifti1Image,
-    *,
-    method: str = "hdbet",
-    workdir: Path | None = None,
-    **params: Any,
-) -> nib.Nifti1Image:
-    """Brain mask of one image by ``method`` (``hdbet`` or ``atlas``), on exactly its grid."""
-    p = {**DEFAULTS, **params}
-    if method == "hdbet":
-        return hdbet_mask(img, mode=p["mode"], tta=bool(p["tta"]), postprocess=bool(p["postprocess"]), device=p["device"],
-                          precision=str(p["precision"]), crop_margin_mm=p["crop_margin_mm"])
-    if method == "atlas":
-        if workdir is None:
-            raise ValueError("the atlas method needs a work folder")
-        return atlas_mask(img, workdir=workdir, dilate_mm=float(p["atlas_dilate_mm"]))
-    raise ConfigError(f"skullstrip method must be one of {list(METHODS)}, not {method!r}")
+def brain_mask(img: nib.Nifti1Image, *, workdir: Path | None = None, **params: Any) -> nib.Nifti1Image:
+    """Brain mask of one image, on exactly its grid, by the ``method`` of ``params`` (the ``preprocess.skullstrip``
+    keys, :class:`~fedglioma.settings.SkullstripConfig`: ``hdbet`` by default, or ``atlas``)."""
+    p = section_params(SkullstripConfig, params, "preprocess.skullstrip")
+    if p["method"] == "hdbet":
+        return hdbet_mask(img, mode=p["mode"], tta=p["tta"], postprocess=p["postprocess"], device=p["device"],
+                          precision=p["precision"], crop_margin_mm=p["crop_margin_mm"])
+    if workdir is None:
+        raise ValueError("the atlas method needs a work folder")
+    return atlas_mask(img, workdir=workdir, dilate_mm=p["atlas_dilate_mm"])
 
 
 def skullstrip(
@@ -301,12 +280,7 @@ def skullstrip(
     state.json), the mask comes from the background value and the images are unchanged.
     """
     skull_stripped = (declared or Declared()).skull_stripped
-    check_unknown_params(params, set(DEFAULTS), "skullstrip")
-    p = {**DEFAULTS, **params}
-    if p["method"] not in METHODS:
-        raise ConfigError(f"skullstrip method must be one of {list(METHODS)}, not {p['method']!r}")
-    if p["modality"] not in MODALITIES:
-        raise ConfigError(f"skullstrip modality must be one of {list(MODALITIES)}")
+    p = section_params(SkullstripConfig, params, "preprocess.skullstrip")
     sub = read_step(in_dir, site=site, subject=subject)
     ref = sub.images[p["modality"]]
     with atomic_dir(out_dir) as tmp:
@@ -316,7 +290,7 @@ def skullstrip(
                 mask = like(ref, foreground_mask(arrays, tolerance=float(p["background_tolerance"]), site=site,
                                                  subject=subject, file=Path(in_dir) / f"sub-{subject}_T1c.nii.gz"))
             else:
-                mask = brain_mask(ref, method=p["method"], workdir=tmp, **{k: v for k, v in p.items() if k != "method"})
+                mask = brain_mask(ref, workdir=tmp, **p)
                 for m in MODALITIES:
                     data = np.asarray(sub.images[m].dataobj, dtype=np.float32)
                     sub.images[m] = like(sub.images[m], np.where(mask.get_fdata() > 0, data, 0).astype(np.float32))
@@ -338,20 +312,17 @@ def skullstrip_file(
     out_mask: Path,
     *,
     out_brain: Path | None = None,
-    mode: str = "fast",
-    tta: bool = False,
-    method: str = "hdbet",
-    device: str = "auto",
-    precision: str = "auto",
+    **params: Any,
 ) -> None:
-    """Skull-strip one NIfTI file: write the mask (and optionally the brain) with the input's exact geometry."""
+    """Skull-strip one NIfTI file: write the mask (and optionally the brain) with the input's exact geometry.
+
+    ``params``: the ``preprocess.skullstrip`` keys (:class:`~fedglioma.settings.SkullstripConfig`)."""
     from fedglioma.io.nifti import load_nifti
 
     img = load_nifti(in_path)
     Path(out_mask).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".skullstrip-", dir=Path(out_mask).parent) as work:
-        mask = brain_mask(img, method=method, workdir=Path(work), mode=mode, tta=tta, device=device,
-                          precision=precision)
+        mask = brain_mask(img, workdir=Path(work), **params)
     with atomic_path(out_mask) as tmp:
         save_mask(mask, tmp)
     if out_brain is not None:

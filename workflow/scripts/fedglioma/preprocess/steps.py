@@ -1,7 +1,7 @@
 """One route from a rule or a subcommand to each preprocessing step on a step folder.
 
 The chain of one subject (:func:`fedglioma.preprocess.chain.preprocess_subject`, rule ``preprocess_subject``) and
-the subcommands (``fedglioma coregister``, ``skullstrip``, ``register-atlas``, ``n4``, ``normalise``) both call
+the commands (``fedglioma preprocess coregister``, ``skullstrip``, ``register-atlas``, ``n4``, ``normalise``) both call
 :func:`run_step` with the same arguments: the step's config section as ``params``, and what the site declared
 (:class:`~fedglioma.declared.Declared`, from its ``sites.tsv`` row) for the steps that depend on it.
 """

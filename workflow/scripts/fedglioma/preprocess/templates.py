@@ -18,11 +18,13 @@ import importlib.resources
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from fedglioma.errors import ConfigError
+from fedglioma.settings import TemplateTransformParams, section_params
 
 TEMPLATES = ("MNI152", "SRI24")
 #: Installed packages that ship the SRI24 atlas: package -> (T1 brain, brain mask or tissue labels), relative paths.
@@ -140,22 +142,12 @@ def native_template_grid(name: str) -> tuple[tuple[int, int, int], np.ndarray]:
     return tuple(int(n) for n in tpl.image.shape[:3]), tpl.image.affine.copy()  # type: ignore[return-value]
 
 
-#: Registration of one template onto another (affine, both brain-only, at a 2 mm working grid).
-TEMPLATE_TRANSFORM_DEFAULTS: dict[str, object] = {
-    "type_of_transform": "Affine",
-    "working_resolution_mm": 2.0,
-    "shrink": [4, 2, 1],
-    "smoothing": [2, 1, 0],
-    "iterations": [200, 100, 50],
-    "sampling": 32,
-    "sampling_rate": 0.25,
-    "seed": 1,
-}
 TRANSFORM_NAME = "transform.mat"
 
 
-def template_transform(source: str, target: str, out_dir: Path, **params: object) -> None:
-    """Register template ``source`` (moving) onto template ``target`` (fixed), once, into ``out_dir``.
+def template_transform(source: str, target: str, out_dir: Path, **params: Any) -> None:
+    """Register template ``source`` (moving) onto template ``target`` (fixed), once, into ``out_dir``: affine, both
+    brain-only, with the parameters :class:`~fedglioma.settings.TemplateTransformParams` (``params`` override them).
 
     Writes ``transform.mat`` (ANTs affine: with ``ants.apply_transforms(fixed=<image in target space>,
     moving=<image in source space>, [transform.mat])`` it brings a source-space image into target space)
@@ -167,11 +159,10 @@ def template_transform(source: str, target: str, out_dir: Path, **params: object
     import ants
 
     from fedglioma.atomic import atomic_dir, dumps
-    from fedglioma.preprocess.common import check_unknown_params, to_ants
+    from fedglioma.preprocess.common import to_ants
     from fedglioma.preprocess.registration import register, schedule
 
-    check_unknown_params(dict(params), set(TEMPLATE_TRANSFORM_DEFAULTS), "template_transform")
-    p = {**TEMPLATE_TRANSFORM_DEFAULTS, **params}
+    p = section_params(TemplateTransformParams, params, "template_transform")
     if source == target:
         raise ConfigError(f"template_transform: source and target are both {source}")
     start = time.perf_counter()
@@ -179,9 +170,8 @@ def template_transform(source: str, target: str, out_dir: Path, **params: object
     moving_t = load_template(source, resolution_mm=1.0)
     fixed, moving = to_ants(fixed_t.image), to_ants(moving_t.image)
     with atomic_dir(Path(out_dir)) as tmp:
-        reg = register(fixed, moving, workdir=tmp, dest=tmp, stem="template_", type_of_transform=str(p["type_of_transform"]),
-                       kwargs=schedule(p), seed=int(p["seed"]),  # type: ignore[call-overload]
-                       working_resolution_mm=float(p["working_resolution_mm"]),  # type: ignore[arg-type]
+        reg = register(fixed, moving, workdir=tmp, dest=tmp, stem="template_", type_of_transform=p["type_of_transform"],
+                       kwargs=schedule(p), seed=p["seed"], working_resolution_mm=p["working_resolution_mm"],
                        fixed_mask=to_ants(np.asarray(fixed_t.mask.dataobj, np.float32), fixed_t.mask.affine))
         if len(reg.forward) != 1:
             raise ConfigError(f"template_transform must be linear (one affine), got {len(reg.forward)} files")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedglioma.errors import ConfigError
-from fedglioma.registry import add_config_arguments
+from fedglioma.settings import add_config_arguments, config_of
 
 
 def parse_transforms(items: list[str] | None) -> dict[str, str]:
@@ -20,10 +20,10 @@ def parse_transforms(items: list[str] | None) -> dict[str, str]:
 
 
 def _run_cohort(args: argparse.Namespace) -> int:
-    from fedglioma.config import load_config, load_sites
+    from fedglioma.config import load_sites
     from fedglioma.synth.cohort import generate_cohort
 
-    config = load_config(args.config, overrides=args.overrides)
+    config = config_of(args)
     demo = config["demo"]
     n_sites = args.n_sites or len(load_sites(config["sites"]))
     generate_cohort(

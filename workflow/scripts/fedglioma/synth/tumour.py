@@ -32,18 +32,12 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from scipy.special import expit, ndtri
 
-from fedglioma.errors import ConfigError
+from fedglioma.settings import PhenotypeStrengths, section_params
 from fedglioma.synth.anatomy import HeadModel
 from fedglioma.synth.labels import Labels
 
-#: Default phenotype strengths: learnable but not trivial (see docs/synth.md).
-DEFAULT_STRENGTHS: dict[str, float] = {
-    "idh": 0.45,
-    "codeletion": 0.5,
-    "grade": 0.3,
-    "mgmt": 0.3,
-    "mass_effect": 0.6,
-}
+#: Default phenotype strengths (``demo.strengths``): learnable but not trivial (see docs/synth.md).
+DEFAULT_STRENGTHS: dict[str, float] = PhenotypeStrengths().model_dump()
 
 #: Relative signal of the tumour compartments in (T1, T1c, T2, FLAIR) (WM T1 = 1).
 TUMOUR_INTENSITY: dict[str, tuple[float, float, float, float]] = {
@@ -61,20 +55,7 @@ COMPARTMENTS: tuple[str, ...] = tuple(TUMOUR_INTENSITY)
 
 def check_strengths(strengths: Mapping[str, float] | None) -> dict[str, float]:
     """Defaults overridden by ``strengths``; unknown names or values outside [0, 1] raise ConfigError."""
-    strengths = dict(strengths or {})
-    unknown = sorted(set(strengths) - set(DEFAULT_STRENGTHS))
-    if unknown:
-        raise ConfigError(f"unknown phenotype strength(s) {unknown}; known: {sorted(DEFAULT_STRENGTHS)}")
-    out = dict(DEFAULT_STRENGTHS)
-    for key, value in strengths.items():
-        try:
-            v = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"phenotype strength {key}={value!r} is not a number") from exc
-        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-            raise ConfigError(f"phenotype strength {key}={value!r} must be in [0, 1]")
-        out[key] = v
-    return out
+    return section_params(PhenotypeStrengths, strengths or {}, "demo.strengths")
 
 
 @dataclass(frozen=True)

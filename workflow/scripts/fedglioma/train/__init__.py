@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedglioma.lazy import attach
+from fedglioma.settings import AugmentConfig, TrainConfig  # the config section train: (defined in fedglioma.settings)
 
 if TYPE_CHECKING:  # the names for type checkers and IDEs
-    from fedglioma.train.config import AugmentConfig, TrainConfig, load_configs
     from fedglioma.train.data import SiteDataset, collate, read_labels, split_subjects, subject_of
     from fedglioma.train.local import evaluate_dataset, init_global, load_model, local_train, predict, validate
     from fedglioma.train.metrics import THRESHOLD_GRID
     from fedglioma.train.seeding import derive_seed, deterministic
 
-#: public name -> submodule, imported on first use (PEP 562): configs load without importing torch
+#: public name -> submodule, imported on first use (PEP 562): importing the package needs no torch
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("AugmentConfig", "TrainConfig", "load_configs"), "config"),
     **dict.fromkeys(("SiteDataset", "collate", "read_labels", "split_subjects", "subject_of"), "data"),
     **dict.fromkeys(("evaluate_dataset", "init_global", "load_model", "local_train", "predict", "validate"), "local"),
     "THRESHOLD_GRID": "metrics",
@@ -34,7 +33,6 @@ __all__ = [
     "deterministic",
     "evaluate_dataset",
     "init_global",
-    "load_configs",
     "load_model",
     "local_train",
     "predict",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedglioma.train.config import AugmentConfig
+from fedglioma.settings import AugmentConfig
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:

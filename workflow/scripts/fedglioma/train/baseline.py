@@ -31,7 +31,7 @@ from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.federated.exchange import save_params
 from fedglioma.model import ModelConfig, MultiTaskLoss
-from fedglioma.train.config import TrainConfig
+from fedglioma.settings import TrainConfig
 from fedglioma.train.data import SiteDataset
 from fedglioma.train.local import _prepare, fit_epochs, validation_doc
 from fedglioma.train.schedule import lr_for_round
@@ -137,7 +137,7 @@ def train_baseline(
                     "lr": lr,
                     "train_losses": losses,
                     "train_loss_terms": terms,
-                    "model": model_cfg.to_dict(),
+                    "model": model_cfg.model_dump(),
                     "device": device.type,
                 },
             )

@@ -24,12 +24,11 @@ from fedglioma.atomic import jsonable, write_json
 from fedglioma.constants import BINARY_TASKS, TASKS
 from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.federated.config import FederatedConfig
 from fedglioma.federated.exchange import load_params, save_params
 from fedglioma.federated.params import is_site_local, split_params
 from fedglioma.model import ModelConfig, MultiTaskLoss, MultiTaskUNet, build_model, label_masks, soft_dice_loss
+from fedglioma.settings import FederatedConfig, TrainConfig
 from fedglioma.train.augment import augment_batch
-from fedglioma.train.config import TrainConfig
 from fedglioma.train.data import SiteDataset, collate
 from fedglioma.train.metrics import (
     THRESHOLD_GRID,
@@ -60,7 +59,7 @@ def init_global(
     return save_params(
         out,
         state,
-        {"kind": "global", "round": 0, "seed": seed, "model": model_cfg.to_dict(), "n_train": 0},
+        {"kind": "global", "round": 0, "seed": seed, "model": model_cfg.model_dump(), "n_train": 0},
         sidecar_out=sidecar_out,
     )
 
@@ -214,7 +213,7 @@ def evaluate_dataset(
         auc["grade_ovr"], n_auc["grade_ovr"] = multiclass_auc_or_none(g, pg), int(m.sum())
         counts["grade4"] = threshold_counts(g == 2, pg[:, 2])
     metrics["auc"], metrics["n_auc"] = auc, n_auc
-    result: dict[str, Any] = {"n_val": n, "endpoints": loss_fn.endpoints.to_dict(), "metrics": metrics}
+    result: dict[str, Any] = {"n_val": n, "endpoints": loss_fn.endpoints.model_dump(), "metrics": metrics}
     if with_thresholds:
         result["thresholds"] = {"grid": list(THRESHOLD_GRID), "tasks": counts}
     return result
@@ -391,7 +390,7 @@ def local_train(
                 "train_losses": epoch_losses,
                 "train_loss_terms": epoch_terms,
                 "validation": validation["metrics"],
-                "model": model_cfg.to_dict(),
+                "model": model_cfg.model_dump(),
                 "device": device.type,
             },
             sidecar_out=sidecar_out,

@@ -1,6 +1,6 @@
 """Site-aggregated validation metrics: Dice, AUC, confusion counts over a threshold grid.
 
-Thin adapters over :mod:`fedglioma.evaluate.metrics` (one implementation of each metric) that return ``None``
+Thin adapters over :mod:`fedglioma.metrics` (one implementation of each metric) that return ``None``
 where a metric cannot be estimated on a small validation split and JSON-ready lists.
 """
 
@@ -11,9 +11,9 @@ import math
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fedglioma.evaluate import metrics as M
+from fedglioma import metrics as M
 
-#: The threshold grid (a subject is positive when ``p >= t``), defined once in :mod:`fedglioma.evaluate.metrics`.
+#: The threshold grid (a subject is positive when ``p >= t``), defined once in :mod:`fedglioma.metrics`.
 THRESHOLD_GRID = M.THRESHOLD_GRID
 
 
@@ -48,7 +48,7 @@ def threshold_counts(
 
     Returns:
         ``{"tp": [...], "fp": [...], "tn": [...], "fn": [...]}``, each of ``len(grid)`` ints
-        (:func:`fedglioma.evaluate.metrics.confusion_counts`).
+        (:func:`fedglioma.metrics.confusion_counts`).
     """
     counts = M.confusion_counts(np.asarray(y, dtype=np.float64), score, grid)
     return {k: v.tolist() for k, v in counts.items()}

@@ -14,7 +14,7 @@ to one before schedules existed.
   round after the warm-up trains at ``lr`` and the last one just above ``lo`` (never at ``lo`` itself, so with
   ``min_lr_ratio: 0`` the last round still moves the model).
 
->>> from fedglioma.train.config import TrainConfig
+>>> from fedglioma.settings import TrainConfig
 >>> cfg = TrainConfig(lr=1e-3, lr_schedule={"name": "cosine", "warmup_rounds": 1})
 >>> [round(lr_for_round(cfg, r, 5) * 1e4, 2) for r in range(1, 6)]
 [5.0, 10.0, 8.54, 5.0, 1.46]
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 from fedglioma.errors import ConfigError
-from fedglioma.train.config import TrainConfig
+from fedglioma.settings import TrainConfig
 
 __all__ = ["lr_for_round", "lr_table"]
 

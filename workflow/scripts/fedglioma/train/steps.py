@@ -25,8 +25,16 @@ import pandas as pd
 
 from fedglioma.atomic import atomic_path
 from fedglioma.errors import ConfigError, InputError
+from fedglioma.settings import Endpoints, FederatedConfig, ModelConfig, TrainConfig, section
 
 log = logging.getLogger(__name__)
+
+
+def _configs(model_cfg: Mapping[str, Any] | None, train_cfg: Mapping[str, Any] | None,
+             federated_cfg: Mapping[str, Any] | None) -> tuple[ModelConfig, TrainConfig, FederatedConfig]:
+    """The ``model``, ``train`` and ``federated`` sections (as a rule passes them) as their models."""
+    return (section(ModelConfig, model_cfg, "model"), section(TrainConfig, train_cfg, "train"),
+            section(FederatedConfig, federated_cfg, "federated"))
 
 
 def _check_sidecar(model: str, meta: str) -> None:
@@ -39,12 +47,11 @@ def _check_sidecar(model: str, meta: str) -> None:
 
 def init_model(model: str, meta: str, *, model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> None:
     """The seeded round-0 global model ``model`` (weights from ``train.seed``) and its sidecar ``meta``."""
-    from fedglioma.train.config import build_configs
     from fedglioma.train.local import init_global
 
     _check_sidecar(model, meta)
-    m, t, _ = build_configs(model_cfg, train_cfg)
-    side = init_global(Path(model), m, t.seed)
+    seed = section(TrainConfig, train_cfg, "train").seed
+    side = init_global(Path(model), section(ModelConfig, model_cfg, "model"), seed)
     log.info("wrote %s (%d parameters)", model, side["numel"])
 
 
@@ -109,16 +116,14 @@ def train_site_round(global_model: str, training_set: str, labels: str, site_upd
         local_state: the site's ``local.safetensors`` of the previous round (none in round 1).
         threads: CPU threads.
     """
-    from fedglioma.endpoints import Endpoints
-    from fedglioma.train.config import build_configs
     from fedglioma.train.local import local_train
 
     _check_sidecar(site_update, site_update_meta)
     _check_sidecar(local, local_meta)
-    m, t, f = build_configs(model_cfg, train_cfg, federated_cfg)
+    m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     local_train(global_model, read_training_set(training_set, site=site), labels, site_update, site_update_meta, site=site,
                 round=round, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
-                local_out=local, endpoints=Endpoints.from_dict(endpoints_cfg))
+                local_out=local, endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
 
 
 def validate_site_round(global_model: str, training_set: str, labels: str, validation: str, *, site: str,
@@ -130,15 +135,14 @@ def validate_site_round(global_model: str, training_set: str, labels: str, valid
     With ``federated.site_local_patterns`` (FedBN) the site's own ``local_state`` of this round replaces those
     parameters (the personalised model); otherwise ``local_state`` is not read.
     """
-    from fedglioma.endpoints import Endpoints
-    from fedglioma.train.config import build_configs
     from fedglioma.train.local import validate
 
-    m, t, f = build_configs(model_cfg, train_cfg, federated_cfg)
+    m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
     personal = local_state if f.site_local_patterns else None
     validate(global_model, read_training_set(training_set, site=site), labels, validation, site=site,
              round=round, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
-             site_local_patterns=f.site_local_patterns or None, endpoints=Endpoints.from_dict(endpoints_cfg))
+             site_local_patterns=f.site_local_patterns or None,
+             endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
 
 
 def train_baseline_rounds(init: str, training_sets: Sequence[str], labels: Sequence[str], models: Sequence[str],
@@ -156,9 +160,7 @@ def train_baseline_rounds(init: str, training_sets: Sequence[str], labels: Seque
         sites: the pooled sites.
         name: ``centralized`` or the site of a local-only baseline.
     """
-    from fedglioma.endpoints import Endpoints
     from fedglioma.train.baseline import train_baseline
-    from fedglioma.train.config import build_configs
 
     sites = list(sites)
     if not (len(training_sets) == len(labels) == len(sites)):
@@ -170,7 +172,7 @@ def train_baseline_rounds(init: str, training_sets: Sequence[str], labels: Seque
     if len(validation) != rounds * len(sites):
         raise ConfigError(f"{len(validation)} validation outputs for {rounds} rounds x {len(sites)} sites")
     per_site = {s: [validation[r * len(sites) + i] for r in range(rounds)] for i, s in enumerate(sites)}
-    m, t, _ = build_configs(model_cfg, train_cfg)
+    m, t, _ = _configs(model_cfg, train_cfg, None)
     pooled = {s: (read_training_set(ts, site=s), lab) for s, ts, lab in zip(sites, training_sets, labels, strict=True)}
     train_baseline(init, pooled, models, per_site, name=name, train_cfg=t, model_cfg=m,
-                   endpoints=Endpoints.from_dict(endpoints_cfg), threads=threads)
+                   endpoints=section(Endpoints, endpoints_cfg, "endpoints"), threads=threads)

@@ -12,11 +12,12 @@ import pandas as pd
 
 from fedglioma.config import SiteRow
 from fedglioma.constants import MODALITIES, TASKS
-from fedglioma.declared import Declared, check_declared
+from fedglioma.declared import Declared
 from fedglioma.errors import InputError
-from fedglioma.io.clinical import ClinicalMapping, harmonise, read_table
+from fedglioma.io.clinical import harmonise, read_table, site_mapping
 from fedglioma.io.layouts import Subject, discover
 from fedglioma.io.nifti import check_same_grid, load_nifti
+from fedglioma.preprocess.site_checks import check_declared
 
 
 @dataclass
@@ -42,7 +43,7 @@ def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels
     """Open every file of a subject; return the problems (never raises InputError).
 
     With ``read_voxels`` the site's declaration is checked as the import step checks it
-    (:func:`fedglioma.declared.check_declared`: template grid, no skull when declared skull-stripped).
+    (:func:`fedglioma.preprocess.site_checks.check_declared`: template grid, no skull when declared skull-stripped).
     """
     problems: list[InputError] = []
     ref = None
@@ -96,7 +97,7 @@ def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, r
     if row.clinical:
         try:
             table = read_table(row.clinical, site=row.site)
-            labels = harmonise(table, ClinicalMapping.from_config(clinical_cfg, row.site), site=row.site, file=row.clinical)
+            labels = harmonise(table, site_mapping(clinical_cfg, row.site), site=row.site, file=row.clinical)
             with_images = {s.subject for s in found.subjects} | {p.subject for p in found.problems if p.subject}
             for sid in labels["subject"]:
                 if sid not in with_images:
