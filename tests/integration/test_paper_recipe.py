@@ -127,7 +127,7 @@ def test_recipe_plans_the_papers_cohort(tmp_path: Path) -> None:
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", res.stdout + res.stderr, re.M)}
     print(f"snakemake -n of {n_sub} subjects, {rounds} rounds: {counts.get('total')} jobs in {wall:.1f} s: {counts}")
     assert counts["preprocess_subject"] == n_sub  # one job per subject for the whole chain
-    assert counts["local_train"] == counts["validate"] == n_train_sites * rounds
+    assert counts["local_train"] == counts["validate_round"] == n_train_sites * rounds
     assert counts["aggregate"] == rounds
     assert counts["training_set"] == n_train_sites
     assert counts["init_model"] == counts["select_model"] == 1

@@ -20,7 +20,7 @@ COSTLY_RULES = {
     "init_model",
     "local_train",
     "aggregate",
-    "validate",
+    "validate_round",
     "select_model",
     "training_curves",
     "evaluate",
