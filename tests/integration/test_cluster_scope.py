@@ -22,7 +22,7 @@ def test_site_jobs_carry_site_partition_and_account(tmp_path: Path) -> None:
     extra = {s: {"slurm_partition": p, "slurm_account": a} for s, (p, a) in SCOPES.items()}
     work = write_tiny(tmp_path, cfg, extra_columns=extra)
     jobs, _ = dag_jobs(REPO / "Snakefile", [work / "config/config.yaml"], workdir=work)
-    assert len(jobs) > 50
+    assert len(jobs) >= 45  # one preprocessing job per subject
     n_site = 0
     for job in jobs:
         if job.rule == "all":
@@ -32,7 +32,7 @@ def test_site_jobs_carry_site_partition_and_account(tmp_path: Path) -> None:
         got = (job.resources.get("slurm_partition"), job.resources.get("slurm_account"))
         assert got == want, f"{job.rule} {dict(job.wildcards)}: {got} != {want}"
         n_site += site is not None
-    assert n_site > 40
+    assert n_site > 30
     # the scope audit agrees, and reports the pooled centralized baseline without failing
     res = audit_workflow(REPO / "Snakefile", [work / "config/config.yaml"], workdir=work)
     assert res.ok, res.violations
@@ -59,4 +59,4 @@ def test_slurm_profile_plans_default_workflow() -> None:
 def test_default_config_passes_the_scope_audit() -> None:
     res = audit_workflow(REPO / "Snakefile", [REPO / "config/config.yaml"], workdir=REPO)
     assert res.ok, res.violations
-    assert res.n_jobs > 200
+    assert res.n_jobs > 140  # 43 subjects (one preprocessing job each), 5 rounds, baselines
