@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from fedglioma import __version__
 from fedglioma.atomic import dumps, write_json
 from fedglioma.config import SiteRow
+from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import read_json
 from fedglioma.io.layouts import discover
@@ -114,7 +116,7 @@ def _done(subject_dir: Path, folder: str, key: str) -> bool:
     return False
 
 
-def _raw_files(row: SiteRow, subject: str, layout_options: Mapping[str, Any]) -> tuple[dict[str, Path], Path | None]:
+def raw_files(row: SiteRow, subject: str, layout_options: Mapping[str, Any]) -> tuple[dict[str, Path], Path | None]:
     """The subject's raw images (by modality) and label map, found in the site's layout."""
     found = discover(row.path, row.layout, row.site, **dict(layout_options))
     match = [s for s in found.subjects if s.subject == subject]
@@ -150,28 +152,59 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
     """
     from fedglioma.config import layout_options
     from fedglioma.preprocess.grid import training_file
-    from fedglioma.preprocess.importing import import_subject
     from fedglioma.preprocess.qc import qc as qc_subject
-    from fedglioma.preprocess.steps import run_step
 
     out = SubjectOutputs(Path(final).parent, Path(npz), Path(grid), Path(qc_png), Path(qc_json))
     if out.final != Path(final):
         raise ConfigError(f"{final}: the last step folder must be named {FINAL_FOLDER}")
-    site, declared = row.site, row.declared
+    raw, seg = raw_files(row, subject, layout_options(row, layouts_cfg))
+    run_chain(raw, seg, out.subject_dir, site=row.site, subject=subject, declared=row.declared,
+              preprocess_cfg=preprocess_cfg, tumour_labels=row.tumour_labels,
+              non_tumour_labels=row.non_tumour_labels, template_transform=template_transform)
+    training_file(out.final, out.npz, site=row.site, subject=subject, grid_json=out.grid,
+                  **dict(preprocess_cfg.get("grid") or {}))
+    qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc_cfg.get("thresholds") or {}),
+               site=row.site, subject=subject)
+
+
+def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, site: str, subject: str,
+              declared: Declared, preprocess_cfg: Mapping[str, Any], tumour_labels: Sequence[int] = (),
+              non_tumour_labels: Sequence[int] = (), template_transform: str | Path | None = None,
+              on_step: Callable[[str, float], None] | None = None) -> Path:
+    """The preprocessing chain of one subject from its raw files to ``subject_dir/06_normalise`` (returned).
+
+    The one implementation of the chain: the workflow's subjects (:func:`preprocess_subject`) and new patients
+    (:func:`fedglioma.predict.patient.predict_patient`, with a bundle's recipe as ``preprocess_cfg``) both run
+    it. Steps whose stamp still matches are kept (module docstring).
+
+    Args:
+        raw: modality -> raw image file; ``seg``: the raw label map (or ``None``).
+        subject_dir: the subject's folder of step folders.
+        declared: what was already done to the images (skull stripping, co-registration, space).
+        preprocess_cfg: the ``preprocess`` config section (a section per step).
+        tumour_labels, non_tumour_labels: label values of ``seg`` (whole tumour, not tumour).
+        template_transform: folder of the template-to-template transform, for images in another template space.
+        on_step: called with (step, seconds) after each step that ran (timings of `fedglioma predict`).
+    """
+    from fedglioma.preprocess.importing import import_subject
+    from fedglioma.preprocess.steps import run_step
+
     target = str((preprocess_cfg.get("atlas") or {}).get("template", "MNI152"))
-    needed = template_transform_dir("results", row.space, target)
+    needed = template_transform_dir("results", declared.space, target)
     if needed is not None and template_transform is None:
-        raise ConfigError(f"site {site} is in {row.space} space and needs the {row.space}-to-{target} template "
-                          f"transform; fix: run `fedglioma preprocess template-transform --source {row.space} "
-                          f"--target {target} --out-dir {needed}` and pass --template-transform {needed}")
+        raise ConfigError(f"site {site}: the images are in {declared.space} space and need the "
+                          f"{declared.space}-to-{target} template transform; fix: run `fedglioma preprocess "
+                          f"template-transform --source {declared.space} --target {target} --out-dir {needed}` "
+                          f"and pass --template-transform {needed}")
     transform = Path(template_transform) if template_transform is not None else None
-    raw, seg = _raw_files(row, subject, layout_options(row, layouts_cfg))
+    raw = {m: Path(p) for m, p in raw.items()}
     key = _digest({
         "step": "import", "version": __version__, "declared": asdict(declared),
         "raw": {m: _file_facts(p) for m, p in sorted(raw.items())}, "seg": _file_facts(seg) if seg else None,
-        "tumour_labels": list(row.tumour_labels), "non_tumour_labels": list(row.non_tumour_labels),
+        "tumour_labels": list(tumour_labels), "non_tumour_labels": list(non_tumour_labels),
     })
-    out.subject_dir.mkdir(parents=True, exist_ok=True)
+    subject_dir = Path(subject_dir)
+    subject_dir.mkdir(parents=True, exist_ok=True)
     previous: Path | None = None
     redo = False
     for step, folder, section in CHAIN:
@@ -180,23 +213,24 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
             key = _digest({"step": step, "previous": key, "params": params, "declared": asdict(declared),
                            "template_transform": _folder_digest(transform)
                            if (step == "register_atlas" and transform is not None) else None})
-        target = out.subject_dir / folder
-        if not redo and _done(out.subject_dir, folder, key):
+        out_dir = subject_dir / folder
+        if not redo and _done(subject_dir, folder, key):
             log.info("%s/%s: %s kept (%s is up to date)", site, subject, step, folder)
         else:
             redo = True  # every later step reads this one: redo them all
-            _stamp(out.subject_dir, folder).unlink(missing_ok=True)
+            _stamp(subject_dir, folder).unlink(missing_ok=True)
             log.info("%s/%s: %s -> %s", site, subject, step, folder)
+            start = time.perf_counter()
             if step == "import":
-                import_subject(raw, seg, row.tumour_labels, target, site=site, subject=subject,
-                               non_tumour_labels=row.non_tumour_labels, declared=declared)
+                import_subject(raw, seg, tuple(tumour_labels), out_dir, site=site, subject=subject,
+                               non_tumour_labels=tuple(non_tumour_labels), declared=declared)
             else:
                 assert previous is not None
-                run_step(step, previous, target, site=site, subject=subject, params=params, declared=declared,
+                run_step(step, previous, out_dir, site=site, subject=subject, params=params, declared=declared,
                          template_transform=transform if step == "register_atlas" else None)
-            write_json(_stamp(out.subject_dir, folder), {"step": step, "key": key})
-        previous = target
-    training_file(out.final, out.npz, site=site, subject=subject, grid_json=out.grid,
-                  **dict(preprocess_cfg.get("grid") or {}))
-    qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc_cfg.get("thresholds") or {}), site=site,
-               subject=subject)
+            write_json(_stamp(subject_dir, folder), {"step": step, "key": key})
+            if on_step is not None:
+                on_step(step, time.perf_counter() - start)
+        previous = out_dir
+    assert previous is not None
+    return previous

@@ -119,9 +119,16 @@ def load_model(
     """
     state, side = load_params(path)
     _check_arch(side, model_cfg, path)
-    state = _merge_local(state, local_in, None)
+    return model_from_state(_merge_local(state, local_in, None), model_cfg, what=path, device=device)
+
+
+def model_from_state(state: Mapping[str, torch.Tensor], model_cfg: ModelConfig, *, what: str | Path,
+                     device: torch.device | str | None = None) -> MultiTaskUNet:
+    """The model ``model_cfg`` with the parameters ``state`` (all of them, strictly), in eval mode.
+
+    ``what`` names the parameters' source in errors (a file, or a bundle member)."""
     model = build_model(model_cfg)
-    _load_state(model, state, path)
+    _load_state(model, state, what)
     return model.to(device or "cpu").eval()
 
 
