@@ -531,6 +531,21 @@ class BaselinesConfig(Section):
     local_only: bool = Field(False, description="Local-only training of each training site.")
 
 
+class PredictConfig(Section):
+    """The model bundle the workflow exports, and prediction on new patients (sites with role `predict`;
+    docs/predict.md)."""
+
+    model: str = Field("federated", pattern=r"^(federated|centralized|local-[A-Za-z0-9_-]+)$",
+                       description="Which evaluated model the workflow exports as its bundle: federated, "
+                       "centralized or local-<site> (a baseline must be switched on under baselines).")
+    name: str = Field("model", pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Bundle name: the workflow writes results/model/fedglioma-<name>.zip.")
+    bundle: str = Field("", description="Bundle the `predict` sites use (a path); empty: the one this workflow "
+                        "exports. A hospital that never trained sets it to the bundle it received.")
+    keep_intermediates: bool = Field(False, description="Keep each predicted patient's preprocessing step "
+                                     "folders (work/ in its prediction folder) for debugging.")
+
+
 class ClusterConfig(Section):
     """SLURM partitions and accounts used when sites.tsv leaves them empty, and the coordinator's."""
 
@@ -561,6 +576,8 @@ class Config(Section):
     endpoints: Endpoints = Field(default_factory=Endpoints, description="Which subjects count for each endpoint.")
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Centralized and local-only "
                                        "baselines.")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="Model bundle and prediction on new "
+                                   "patients.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="SLURM partitions and accounts.")
 
 
