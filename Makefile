@@ -11,7 +11,7 @@ REALDATA_STAMP := $(REALDATA)/.fetched
 CORES  ?= all
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: demo test setup setup-realdata lint system-deps bench bench-quick bench-quality clean help
+.PHONY: demo demo-predict test setup setup-realdata lint system-deps bench bench-quick bench-quality clean help
 
 help:
 	@echo "make demo   - set up and run the whole pipeline on the synthetic demo cohort"
@@ -48,10 +48,18 @@ $(REALDATA_STAMP): $(STAMP)
 
 setup-realdata: $(REALDATA_STAMP)
 
+# The demo ends as a user would: the exported bundle predicts one raw external exam (its first subject).
 demo: $(STAMP)
 	$(SNAKEMAKE) --profile profiles/local --cores $(CORES)
 	@$(BIN)/fedglioma report headline --metrics results/report/metrics.json --synthetic
 	@echo "Report: $(CURDIR)/results/report/index.html"
+	$(MAKE) --no-print-directory demo-predict
+
+demo-predict: $(STAMP)
+	@sub=$$(basename $$(ls -d results/demo/External/HOSP-* | head -1)); d=results/demo/External/$$sub; \
+	set -x; $(BIN)/fedglioma predict patient --bundle results/model/fedglioma-model.zip --subject $$sub \
+		--t1 $$d/$${sub}_T1.nii.gz --t1c $$d/$${sub}_T1GD.nii.gz --t2 $$d/$${sub}_T2.nii.gz \
+		--flair $$d/$${sub}_FLAIR.nii.gz --out results/predict/$$sub --threads 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check workflow/scripts tests benchmarks

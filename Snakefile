@@ -12,6 +12,7 @@ include: "workflow/rules/federated.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -24,11 +24,8 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = write_tiny(tmp_path_factory.mktemp("tiny"))
-    res = snakemake(work, "--cores", "2")
-    assert res.returncode == 0, res.stderr[-6000:]
-    return work
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def test_every_round_has_its_files(run: Path) -> None:

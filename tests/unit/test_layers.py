@@ -17,9 +17,10 @@ LAYERS: dict[str, int] = {
     "train": 4,
     "evaluate": 5,
     "report": 6,
-    **dict.fromkeys(("registry", "cli", "smk", "audit", "check"), 7),
+    "predict": 7,
+    **dict.fromkeys(("registry", "cli", "smk", "audit", "check"), 8),
 }
-TOP = 7
+TOP = 8
 
 
 def _unit(path: Path) -> str:

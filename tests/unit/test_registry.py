@@ -26,12 +26,26 @@ def test_every_rule_script_is_the_generic_entry() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_jobs():
-    """Every job of the demo DAG (default config, baselines on), as its entry would see it."""
+def sites_with_predict(tmp_path_factory) -> Path:
+    """The demo's sites.tsv plus a site with role predict (two unlabelled patients the test writes)."""
+    from tests.conftest import make_site
+
+    tmp = tmp_path_factory.mktemp("predict_site")
+    clinic = make_site(tmp / "clinic", "upenn_gbm", with_seg=False, clinical=False)
+    table = (REPO / "config" / "sites.tsv").read_text().rstrip("\n")
+    table += f"\nClinic\tpredict\tupenn_gbm\t{clinic}\t\t\tno\tno\tnative\t\t\n"
+    (tmp / "sites.tsv").write_text(table)
+    return tmp / "sites.tsv"
+
+
+@pytest.fixture(scope="module")
+def demo_jobs(sites_with_predict):
+    """Every job of the demo DAG (default config, baselines on, plus a predict site), as its entry would see it."""
     from fedglioma.audit import dag_jobs
 
     jobs, _ = dag_jobs(REPO / "Snakefile", [REPO / "config" / "config.yaml"],
-                       config={"baselines": {"centralized": True, "local_only": True}}, workdir=REPO)
+                       config={"baselines": {"centralized": True, "local_only": True},
+                               "sites": str(sites_with_predict)}, workdir=REPO)
     return jobs
 
 
@@ -66,20 +80,21 @@ def test_rule_and_function_drift_fails_with_both_names() -> None:
 
 
 @pytest.mark.parametrize("step", registry.STEPS, ids=lambda s: f"{s.group}-{s.command}")
-def test_command_options_give_the_rule_arguments(step, demo_jobs, tmp_path, monkeypatch) -> None:
+def test_command_options_give_the_rule_arguments(step, demo_jobs, sites_with_predict, tmp_path, monkeypatch) -> None:
     """`fedglioma <group> <command>` with the values a rule's job gives, as options, builds the same kwargs."""
     from fedglioma.cli import build_parser
 
     job = next(j for j in demo_jobs if j.rule in step.rules)
     func = registry.function(step)
     want = registry.rule_kwargs(func, SimpleNamespace(**job.named))
-    argv = [step.group, step.command, "--config", str(REPO / "config" / "config.yaml")]
+    argv = [step.group, step.command, "--config", str(REPO / "config" / "config.yaml"),
+            "--set", f"sites={sites_with_predict}"]
     for p in registry.params(func):
         if p.kind == "config":
             continue
         value = want.get(p.name)
         if p.kind == "row":
-            argv += ["--site", value.site, "--sites", str(REPO / "config" / "sites.tsv")]
+            argv += ["--site", value.site, "--sites", str(sites_with_predict)]
         elif p.kind == "threads":
             argv += ["--threads", str(value)]
         elif value is None:
@@ -91,7 +106,7 @@ def test_command_options_give_the_rule_arguments(step, demo_jobs, tmp_path, monk
         else:
             argv += ["--" + p.name.replace("_", "-"), str(value)]
     if not any(p.kind in ("config", "row") for p in registry.params(func)):
-        argv = argv[:2] + argv[4:]
+        argv = argv[:2] + argv[6:]
     monkeypatch.chdir(REPO)
     args = build_parser(argv).parse_args(argv)
     got = registry.cli_kwargs(func, args)

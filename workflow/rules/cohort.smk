@@ -16,7 +16,7 @@ rule synth_site:
         **SITE_SCOPE,
     params:
         site_index=site_index,
-        n_sites=len(SITES),
+        n_sites=len(STUDY_SITES),
         n_subjects=demo_n_subjects,
         demo_cfg=config["demo"],
     script:

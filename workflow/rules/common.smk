@@ -12,6 +12,7 @@ from fedglioma.config import (
     read_sites_table,
     site_row,
 )
+from fedglioma.predict.bundle import bundle_path
 from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
 from fedglioma.io.layouts import discover
 from fedglioma.settings import validate_config
@@ -30,9 +31,22 @@ check_site_table(list(SITE_ROWS.values()), file=config["sites"])
 
 SITES = list(SITE_ROWS)
 TRAIN_SITES = [s for s, r in SITE_ROWS.items() if r.role == "train"]
-EXTERNAL_SITE = next(s for s, r in SITE_ROWS.items() if r.is_external)
+EXTERNAL_SITE = next((s for s, r in SITE_ROWS.items() if r.is_external), None)
+#: Sites whose patients are predicted with a model bundle (no labels, no training).
+PREDICT_SITES = [s for s, r in SITE_ROWS.items() if r.role == "predict"]
+#: Sites of the study itself (training and external): generated in the demo, labelled, in the report.
+STUDY_SITES = [s for s in SITES if s not in PREDICT_SITES]
 DEMO = config["demo"]["enabled"]
 ROUNDS = int(config["federated"]["rounds"])
+#: The bundle this workflow exports (rule export_bundle), and the one its predict sites use.
+BUNDLE = str(bundle_path("results", config["predict"]["name"]))
+PREDICT_BUNDLE = config["predict"]["bundle"] or BUNDLE
+if PREDICT_SITES and not TRAIN_SITES and not config["predict"]["bundle"]:
+    raise WorkflowError(
+        f"{config['sites']} has only predict sites: set predict.bundle to the model bundle to use"
+    )
+#: Wildcard pattern of the predict sites (one that matches nothing when there are none).
+PREDICT_SITE_PATTERN = "|".join(PREDICT_SITES) or "(?!)"
 
 
 def _demo_subjects():
@@ -42,8 +56,8 @@ def _demo_subjects():
     its row must declare what the generator writes for it (layout, path, clinical table, labels, state).
     """
     out = {}
-    specs = default_site_specs(len(SITES), config["demo"]["seed"])
-    for i, site in enumerate(SITES):
+    specs = default_site_specs(len(STUDY_SITES), config["demo"]["seed"])
+    for i, site in enumerate(STUDY_SITES):
         row, spec = SITE_ROWS[site], specs[i]
         want = demo_site_row(spec, site, config["demo"]["out"])
         have = {
@@ -63,7 +77,7 @@ def _demo_subjects():
         if wrong:
             raise WorkflowError(
                 f"demo.enabled: row {i + 1} ({site}) of {config['sites']} does not describe generated site "
-                f"{i + 1} of {len(SITES)}: " + "; ".join(wrong)
+                f"{i + 1} of {len(STUDY_SITES)}: " + "; ".join(wrong)
             )
         n = config["demo"][
             "external_subjects" if row.is_external else "subjects_per_site"
@@ -72,10 +86,11 @@ def _demo_subjects():
     return out
 
 
-def _real_subjects():
-    """Subjects found on disk, with their files; problems stop the workflow or are skipped."""
+def _real_subjects(sites):
+    """Subjects of ``sites`` found on disk, with their files; problems stop the workflow or are skipped."""
     out, problems = {}, []
-    for site, row in SITE_ROWS.items():
+    for site in sites:
+        row = SITE_ROWS[site]
         found = discover(
             row.path, row.layout, site, **site_layout_options(row, config["layouts"])
         )
@@ -93,7 +108,12 @@ def _real_subjects():
     return out
 
 
-SUBJECTS = _demo_subjects() if DEMO else _real_subjects()
+# predict sites hold real patients (never generated): their files are on disk before the run
+SUBJECTS = (
+    {**_demo_subjects(), **_real_subjects(PREDICT_SITES)}
+    if DEMO
+    else _real_subjects(SITES)
+)
 for _site, _subs in SUBJECTS.items():
     if not _subs:
         raise WorkflowError(
@@ -153,7 +173,7 @@ def demo_template_transforms(wildcards):
 def get_raw_subject(wildcards):
     """What one subject's preprocessing depends on (the step finds the files itself, in the site's layout): its
     raw files, or the generated demo site folder."""
-    if DEMO:
+    if DEMO and wildcards.site not in PREDICT_SITES:
         return get_site_source(wildcards)
     s = SUBJECTS[wildcards.site][wildcards.subject]
     return [*s.images.values(), *([s.seg] if s.seg is not None else [])]
@@ -168,7 +188,7 @@ def get_clinical(wildcards):
 
 
 def site_index(wildcards):
-    return SITES.index(wildcards.site)
+    return STUDY_SITES.index(wildcards.site)
 
 
 def demo_n_subjects(wildcards):
@@ -195,7 +215,27 @@ def training_set_manifest(site):
 
 
 def get_final_targets():
-    return ["results/report/index.html"]
+    """The report and the bundle of a study; each predict site's table of predictions."""
+    study = ["results/report/index.html", *bundle_targets()] if TRAIN_SITES else []
+    return study + [
+        f"results/sites/{s}/predictions/predictions.tsv" for s in PREDICT_SITES
+    ]
+
+
+def bundle_targets():
+    """The bundle, when the model predict.model names is evaluated (FedBN's federated model is not: a warning,
+    or an error when a predict site needs this workflow's bundle)."""
+    model = config["predict"]["model"]
+    if model in get_models():
+        return [BUNDLE]
+    why = (
+        f"predict.model {model!r} is not among the evaluated models {get_models()} (FedBN keeps site-local "
+        "parameters; a baseline must be switched on under baselines)"
+    )
+    if PREDICT_SITES and not config["predict"]["bundle"]:
+        raise WorkflowError(f"the predict sites need a bundle, but {why}")
+    logging.getLogger("fedglioma").warning("no model bundle is exported: %s", why)
+    return []
 
 
 def get_site_qc_rows(wildcards):
@@ -330,9 +370,9 @@ def get_report_inputs(wildcards):
     return {
         "metrics": [f"{ev}/{m}/metrics.json" for m in get_models()],
         "figures": [f"{ev}/{m}/figures" for m in get_models()],
-        "cohort": [f"results/sites/{s}/summary.json" for s in SITES],
-        "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in SITES],
-        "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in SITES],
+        "cohort": [f"results/sites/{s}/summary.json" for s in STUDY_SITES],
+        "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in STUDY_SITES],
+        "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in STUDY_SITES],
         "curves": "results/federated/training_curves.png",
         **(
             {"comparison": f"results/sites/{EXTERNAL_SITE}/evaluation/comparison.tsv"}
@@ -340,7 +380,7 @@ def get_report_inputs(wildcards):
             else {}
         ),
         "demo_examples": (
-            [f"results/sites/{s}/demo_example.png" for s in SITES] if DEMO else []
+            [f"results/sites/{s}/demo_example.png" for s in STUDY_SITES] if DEMO else []
         ),
     }
 
@@ -437,3 +477,27 @@ def get_compare_inputs(wildcards):
         "predictions": [f"{ev}/{m}/predictions.tsv" for m in get_models()],
         "labels": f"results/sites/{wildcards.site}/labels.tsv",
     }
+
+
+# ---- model bundle and predict sites --------------------------------------------------------------
+def get_export_bundle_inputs(wildcards):
+    """The exported model's selection and round files, its external metrics, the training sites' summaries."""
+    model = config["predict"]["model"]
+    if model not in get_models():
+        raise WorkflowError(
+            f"predict.model {model!r} is not among the evaluated models {get_models()}: switch on its baseline "
+            "(baselines.*) or choose another"
+        )
+    return {
+        **model_files(model),
+        "metrics": f"results/sites/{EXTERNAL_SITE}/evaluation/{model}/metrics.json",
+        "summaries": [f"results/sites/{s}/summary.json" for s in TRAIN_SITES],
+    }
+
+
+def get_site_predictions(wildcards):
+    return expand(
+        "results/sites/{site}/predictions/sub-{subject}",
+        site=wildcards.site,
+        subject=get_subjects(wildcards.site),
+    )

@@ -23,7 +23,7 @@ rule report:
     params:
         config=config,
         external=EXTERNAL_SITE,
-        sites=SITES,
+        sites=STUDY_SITES,
         models=get_models,
     script:
         "../scripts/step.py"

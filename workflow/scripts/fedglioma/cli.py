@@ -29,6 +29,8 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "federated": ("aggregation of a round, model selection", ()),
     "evaluate": ("external evaluation, the comparison of the arms, metrics from tables", ("fedglioma.evaluate.cli",)),
     "report": ("training curves, the HTML report, the headline metrics", ("fedglioma.report.cli",)),
+    "predict": ("new patients: one patient from NIfTI or DICOM with a model bundle; the bundle; a predict site",
+                ("fedglioma.predict.cli",)),
     "workflow": ("checks of the workflow itself (site scope of every job)", ("fedglioma.audit",)),
 }
 

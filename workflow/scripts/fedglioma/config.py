@@ -113,15 +113,23 @@ def read_sites_table(path: str | Path) -> pd.DataFrame:
 
 
 def check_site_table(rows: list[SiteRow], *, file: str | Path) -> None:
-    """Cross-row rules: unique IDs, exactly one external site, at least one training site."""
+    """Cross-row rules: unique IDs; a study has at least one training site and exactly one external site; a table
+    of ``predict`` sites only needs neither."""
     ids = [r.site for r in rows]
     dups = sorted({s for s in ids if ids.count(s) > 1})
     if dups:
         raise InputError(f"duplicated site IDs {dups}", file=file, fix="give every site a unique ID")
     n_ext = sum(r.is_external for r in rows)
+    n_train = sum(r.role == "train" for r in rows)
+    if n_train == 0 and any(r.role == "predict" for r in rows):
+        if n_ext:
+            raise InputError("an external site without training sites", file=file,
+                             fix="a table of predict sites only predicts with a bundle; add the training sites or "
+                             "drop the external row")
+        return  # prediction only, with a bundle from elsewhere
     if n_ext != 1:
         raise InputError(f"{n_ext} external sites; exactly one is required", file=file, fix="set role=external on one row")
-    if not any(r.role == "train" for r in rows):
+    if n_train == 0:
         raise InputError("no training site", file=file, fix="set role=train on the training sites")
 
 

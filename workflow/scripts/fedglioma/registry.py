@@ -79,6 +79,12 @@ STEPS: tuple[Step, ...] = (
          "training curves per site and round (table and figure)"),
     Step("report", "html", "fedglioma.report.steps:write_report", ("report",),
          "the standalone HTML report and headline metrics"),
+    Step("predict", "export-bundle", "fedglioma.predict.bundle:export_bundle", ("export_bundle",),
+         "the selected model as one checksummed bundle (weights, recipe, thresholds, metrics, model card)"),
+    Step("predict", "subject", "fedglioma.predict.patient:predict_site_subject", ("predict_subject",),
+         "one patient of a site with role predict: mask on the input grid, markers, QC, one-page report"),
+    Step("predict", "table", "fedglioma.predict.patient:predict_table", ("predict_table",),
+         "a predict site's table of its patients' predictions (stays at the site)"),
 )
 
 
