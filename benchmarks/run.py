@@ -1,7 +1,7 @@
 """Run the benchmark suite: one child process per benchmark script, then one table of targets.
 
     python benchmarks/run.py --quick            # train_throughput, preprocess_speed, aggregate_scale,
-                                                # workflow_scale (under 20 min on 2 idle cores; `make bench-quick`)
+                                                # workflow_scale, predict_patient (`make bench-quick`)
     python benchmarks/run.py                    # + quality (hours: the real workflow, 3 seeds x 2 strategies)
                                                 #   and end_to_end (the demo workflow); `make bench`
     python benchmarks/run.py --only aggregate_scale --out /tmp/bench
@@ -23,8 +23,9 @@ try:
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
     import common  # type: ignore[no-redef]
 
-QUICK = ("train_throughput", "preprocess_speed", "aggregate_scale", "workflow_scale")
-FULL = ("train_throughput", "preprocess_speed", "aggregate_scale", "workflow_scale", "end_to_end", "quality")
+QUICK = ("train_throughput", "preprocess_speed", "aggregate_scale", "workflow_scale", "predict_patient")
+FULL = ("train_throughput", "preprocess_speed", "aggregate_scale", "workflow_scale", "predict_patient", "end_to_end",
+        "quality")
 
 
 def main(argv: list[str] | None = None) -> int:

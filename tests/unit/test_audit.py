@@ -33,6 +33,21 @@ def test_site_job_in_own_scope_passes() -> None:
     assert audit_jobs(jobs, ROOTS, {}).ok
 
 
+def test_predict_site_jobs_stay_in_their_scope() -> None:
+    """A predict site reads its raw files and the bundle and writes its predictions; the target rule `all` names
+    the site's private table and runs nothing; a coordinator job reading the predictions fails."""
+    jobs = [
+        job("predict_subject", ["data/A/s1/t1.nii.gz", "results/model/fedglioma-model.zip"],
+            ["results/sites/A/predictions/sub-s1"], "A"),
+        job("predict_table", ["results/sites/A/predictions/sub-s1"], ["results/sites/A/predictions/predictions.tsv"],
+            "A"),
+        job("all", ["results/sites/A/predictions/predictions.tsv", "results/report/index.html"], []),
+    ]
+    assert audit_jobs(jobs, ROOTS, {}).ok
+    leak = job("report", ["results/sites/A/predictions/predictions.tsv"], ["results/report/index.html"])
+    assert not audit_jobs([leak], ROOTS, {}).ok
+
+
 def test_server_reading_private_file_fails() -> None:
     res = audit_jobs([job("aggregate", ["results/sites/A/prep/s1_train.npz"], ["results/federated/x"])], ROOTS, {})
     assert not res.ok and "site A" in res.violations[0]

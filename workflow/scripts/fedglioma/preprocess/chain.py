@@ -157,6 +157,7 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
     out = SubjectOutputs(Path(final).parent, Path(npz), Path(grid), Path(qc_png), Path(qc_json))
     if out.final != Path(final):
         raise ConfigError(f"{final}: the last step folder must be named {FINAL_FOLDER}")
+    require_transform(row.declared, preprocess_cfg, template_transform, site=row.site)
     raw, seg = raw_files(row, subject, layout_options(row, layouts_cfg))
     run_chain(raw, seg, out.subject_dir, site=row.site, subject=subject, declared=row.declared,
               preprocess_cfg=preprocess_cfg, tumour_labels=row.tumour_labels,
@@ -165,6 +166,19 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
                   **dict(preprocess_cfg.get("grid") or {}))
     qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc_cfg.get("thresholds") or {}),
                site=row.site, subject=subject)
+
+
+def require_transform(declared: Declared, preprocess_cfg: Mapping[str, Any], template_transform: str | Path | None,
+                      *, site: str) -> None:
+    """Images in another template space than the recipe's need the template-to-template transform: fail first,
+    naming the command that makes it."""
+    target = str((preprocess_cfg.get("atlas") or {}).get("template", "MNI152"))
+    needed = template_transform_dir("results", declared.space, target)
+    if needed is not None and template_transform is None:
+        raise ConfigError(f"site {site}: the images are in {declared.space} space and need the "
+                          f"{declared.space}-to-{target} template transform; fix: run `fedglioma preprocess "
+                          f"template-transform --source {declared.space} --target {target} --out-dir {needed}` "
+                          f"and pass --template-transform {needed}")
 
 
 def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, site: str, subject: str,
@@ -189,13 +203,7 @@ def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, s
     from fedglioma.preprocess.importing import import_subject
     from fedglioma.preprocess.steps import run_step
 
-    target = str((preprocess_cfg.get("atlas") or {}).get("template", "MNI152"))
-    needed = template_transform_dir("results", declared.space, target)
-    if needed is not None and template_transform is None:
-        raise ConfigError(f"site {site}: the images are in {declared.space} space and need the "
-                          f"{declared.space}-to-{target} template transform; fix: run `fedglioma preprocess "
-                          f"template-transform --source {declared.space} --target {target} --out-dir {needed}` "
-                          f"and pass --template-transform {needed}")
+    require_transform(declared, preprocess_cfg, template_transform, site=site)
     transform = Path(template_transform) if template_transform is not None else None
     raw = {m: Path(p) for m, p in raw.items()}
     key = _digest({
