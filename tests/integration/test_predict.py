@@ -165,3 +165,35 @@ def test_predict_site_through_the_rules(tiny_run: Path, tmp_path: Path) -> None:
     doc = json.loads((work / f"results/sites/Clinic/predictions/sub-{subject}/prediction.json").read_text())
     assert doc["site"] == "Clinic" and doc["bundle"]["sha256"] == load_bundle(work / "bundle.zip").sha256
     assert (work / f"logs/predict_subject/Clinic/{subject}.log").is_file()
+
+
+def test_phantom_is_no_head_with_hdbet(tmp_path: Path, capfd) -> None:
+    """A phantom (a sphere in noise, skull stripping with HD-BET as the demo's recipe does) stops right after
+    skull stripping with the input named, and leaves nothing behind."""
+    from fedglioma.atomic import write_json
+    from fedglioma.predict.bundle import export_bundle
+    from fedglioma.settings import Config
+    from fedglioma.train.local import init_global
+
+    cfg = Config.model_validate({"model": {"width": 4, "depth": 2}})  # the default recipe: HD-BET fast
+    model = tmp_path / "global.safetensors"
+    init_global(model, cfg.model, seed=0)
+    write_json(tmp_path / "final.json", {"round": 1, "model": str(model), "thresholds": {}})
+    write_json(tmp_path / "metrics.json", {"site": "none", "markers": {}})
+    bundle = tmp_path / "fedglioma-hdbet.zip"
+    export_bundle(str(tmp_path / "final.json"), [str(model)], str(tmp_path / "metrics.json"), [], str(bundle),
+                  model="federated", config=cfg.model_dump(mode="json"))
+    g = np.indices((120, 130, 110)).astype(np.float32)
+    r = np.sqrt(((g - np.array([60, 65, 55])[:, None, None, None]) ** 2).sum(0))
+    data = 800.0 * (r < 45) + 400.0 * (r < 20) + np.random.default_rng(0).normal(0, 20, r.shape)
+    affine = np.diag([1.2, 1.2, 1.2, 1.0])
+    files = {}
+    for m in ("T1", "T1c", "T2", "FLAIR"):
+        files[m] = tmp_path / f"{m}.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.int16), affine), str(files[m]))
+    out = tmp_path / "out"
+    assert predict_cli(bundle, out, "PH1", *nifti_args(files)) == 1
+    err = capfd.readouterr().err
+    assert f"file {files['T1c']}: the brain mask is" in err and "not a head" in err
+    assert "register_atlas -> 04_atlas" not in err  # stopped before atlas registration, N4 and the rest
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))

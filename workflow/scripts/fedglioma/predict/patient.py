@@ -118,9 +118,9 @@ def _check_output(out: Path, subject: str) -> None:
 
 
 def _check_brain(subject_dir: Path, qc_thresholds: Mapping[str, Any], *, site: str | None, subject: str,
-                 skull_stripped: bool) -> float:
+                 skull_stripped: bool, image: Path | None = None) -> float:
     """The skull-stripped brain's volume in mL; refuses an empty or implausible mask (not a head, or a failed
-    skull stripping), with the bundle's QC range."""
+    skull stripping), with the bundle's QC range. ``image`` is the input the error names (the T1c given)."""
     from fedglioma.preprocess.qc import find_step_dir
 
     step = find_step_dir(subject_dir, "skullstrip")
@@ -136,7 +136,7 @@ def _check_brain(subject_dir: Path, qc_thresholds: Mapping[str, Any], *, site: s
                 "pass --skull-stripped")
         raise InputError(f"the brain mask is {'empty' if ml == 0 else 'implausible'}: {ml:.0f} mL (a head gives "
                          f"{lo:.0f}-{hi:.0f} mL): not a head, or skull stripping failed", site=site,
-                         subject=subject, file=mask_file, fix=hint)
+                         subject=subject, file=image or mask_file, fix=hint)
     return ml
 
 
@@ -217,11 +217,20 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
             inputs = {m: Path(p).name for m, p in raw.items()}
         subject_dir = work / f"sub-{subject}"
         label = site or "patient"
+        brain: dict[str, float] = {}
+
+        def after_step(step: str, seconds: float) -> None:
+            timed(step, seconds)
+            if step == "skullstrip":  # stop before the costly steps when this is no head
+                brain["ml"] = _check_brain(subject_dir, model_bundle.qc_thresholds, site=site, subject=subject,
+                                           skull_stripped=declared.skull_stripped, image=raw["T1c"])
+
         final = run_chain(raw, None, subject_dir, site=label, subject=subject, declared=declared,
                           preprocess_cfg=model_bundle.preprocess_cfg, template_transform=template_transform,
-                          on_step=timed)
-        brain_ml = _check_brain(subject_dir, model_bundle.qc_thresholds, site=site, subject=subject,
-                                skull_stripped=declared.skull_stripped)
+                          on_step=after_step)
+        brain_ml = brain.get("ml") or _check_brain(subject_dir, model_bundle.qc_thresholds, site=site,
+                                                    subject=subject, skull_stripped=declared.skull_stripped,
+                                                    image=raw["T1c"])
         t0 = time.perf_counter()
         npz, grid = work / f"sub-{subject}_input.npz", work / f"sub-{subject}_grid.json"
         training_file(final, npz, site=label, subject=subject, grid_json=grid,
