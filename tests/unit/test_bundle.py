@@ -24,9 +24,11 @@ def _config(**changes: object) -> dict:
     return cfg
 
 
-@pytest.fixture
-def exported(tmp_path: Path) -> tuple[Path, Path, dict]:
-    """A bundle exported from a freshly initialised model, as the workflow's export_bundle writes it."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A bundle exported from a freshly initialised model, as the workflow's export_bundle writes it (tests only
+    read it)."""
+    tmp_path = tmp_path_factory.mktemp("bundle")
     cfg = _config(demo={"enabled": True})
     model = tmp_path / "round-1" / "global.safetensors"
     model.parent.mkdir()
@@ -153,8 +155,9 @@ def test_recipe_this_version_cannot_reproduce_is_named(exported, tmp_path) -> No
 def test_fedbn_federated_model_is_not_exported(exported, tmp_path) -> None:
     out, model_file, _ = exported
     cfg = _config(federated={"site_local_patterns": ["norm"]})
+    root = model_file.parent.parent
     with pytest.raises(ConfigError, match="site-local"):
-        export_bundle(str(tmp_path / "final.json"), [str(model_file)], str(tmp_path / "metrics.json"), [],
+        export_bundle(str(root / "final.json"), [str(model_file)], str(root / "metrics.json"), [],
                       str(tmp_path / "x.zip"), model="federated", config=cfg)
     assert not (tmp_path / "x.zip").exists()
 
