@@ -34,6 +34,13 @@ def test_skullstrip_config_has_the_runtime_keys() -> None:
         SkullstripConfig(runtime="onnxruntime")
 
 
+def test_cache_name_is_one_safe_folder_name() -> None:
+    from fedglioma.preprocess import hdbet
+
+    name = hdbet.cache_name("2026.4.1-22982-e213a147257-releases/2026/4", "2.13.0+cpu", "ab" * 32)
+    assert name == "openvino-2026.4.1-22982-e213a147257-releases_2026_4-torch-2.13.0+cpu-abababababababab"
+
+
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path) -> None:
     from fedglioma.preprocess import hdbet
 
@@ -54,7 +61,8 @@ def test_openvino_model_is_converted_once_and_keyed(monkeypatch, tmp_path) -> No
     xml = hdbet.openvino_model(0, tmp_path)
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     name = xml.parent.name
-    assert ov.__version__ in name and torch.__version__ in name and hdbet.weights_sha256(0)[:16] in name
+    assert name == hdbet.cache_name(ov.__version__, torch.__version__, hdbet.weights_sha256(0))
+    assert torch.__version__ in name and hdbet.weights_sha256(0)[:16] in name and "/" not in name
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
     def no_conversion(*args, **kwargs):
