@@ -255,9 +255,9 @@ class SkullstripConfig(Section):
         "auto", description="HD-BET network precision: auto = bf16 where the processor (AVX512-BF16/AMX) or GPU runs "
         "it natively, else fp32.")
     runtime: Literal["torch", "openvino"] = Field(
-        "torch", description="HD-BET network runtime: torch, or openvino (CPU only; 3-4x faster than torch bf16 on an "
-        "Intel Xeon with AMX, same mask to Dice >= 0.999; needs the openvino package; each fold is converted once "
-        "and cached in runtime_cache_dir).")
+        "torch", description="HD-BET network runtime: torch, or openvino (CPU only, needs the openvino package; about "
+        "1.5x faster per call than torch bf16 on an Intel Xeon with AMX, same mask to Dice >= 0.999; each fold is "
+        "converted once and cached in runtime_cache_dir).")
     runtime_cache_dir: str | None = Field(
         None, description="Folder of the converted HD-BET networks of runtime openvino (named by the weights' sha256 "
         "and the openvino and torch versions; safe to share between jobs); null: $XDG_CACHE_HOME/fedglioma/hdbet.")
