@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=common.REPO / "config" / "config.yaml",
                     help="the recipe and model of the bundle (default: the demo's config)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--hdbet-runtime", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"],
+                    help="HD-BET runtimes to time (fedglioma predict patient --hdbet-runtime)")
     a = ap.parse_args(argv)
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -123,25 +125,32 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name, files in exams(work).items():
         for rep in range(a.reps or 1):
-            dest = work / "pred" / f"{name}-{rep}"
-            args = ["predict", "patient", "--bundle", str(bundle), "--subject", f"{name}-{rep}", "--out", str(dest),
-                    "--threads", "2", *[x for m in MODS for x in (f"--{m.lower()}", str(files[m]))]]
-            r = common.run_script_measured(common.BIN / "fedglioma", args, env=common.thread_env(2),
-                                           log=work / f"{name}-{rep}.log")
-            if r["rc"] != 0:
-                print((work / f"{name}-{rep}.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            doc = json.loads((dest / "prediction.json").read_text())
-            row = {"exam": name, "rep": rep, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
-                   "peak_rss_mb": r.get("peak_rss_mb"), "inside_s": doc["seconds"]["total"],
-                   **{f"{k}_s": v for k, v in doc["seconds"].items() if k != "total"},
-                   "brain_ml": doc["qc"]["brain_volume_ml"], "qc_flagged": doc["qc"]["flagged"]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    wall = common.median(r["wall_s"] for r in rows)
-    targets = [common.target(NAME, "one new patient end to end (median over exams), 2 cores", wall, "<=", TARGET_S,
-                             "s", note=f"goal {GOAL_S:.0f} s; the command as a user runs it, imports included"),
-               common.target(NAME, "one new patient end to end, goal", wall, "<=", GOAL_S, "s")]
+            for runtime in a.hdbet_runtime:  # interleaved
+                tag = f"{name}-{runtime}-{rep}"
+                dest = work / "pred" / tag
+                args = ["predict", "patient", "--bundle", str(bundle), "--subject", tag, "--out", str(dest),
+                        "--threads", "2", "--hdbet-runtime", runtime,
+                        *[x for m in MODS for x in (f"--{m.lower()}", str(files[m]))]]
+                # a fresh cache: the first openvino run converts HD-BET once (about 6 s), the later ones reuse it
+                env = {**common.thread_env(2), "XDG_CACHE_HOME": str(work / "cache")}
+                r = common.run_script_measured(common.BIN / "fedglioma", args, env=env, log=work / f"{tag}.log")
+                if r["rc"] != 0:
+                    print((work / f"{tag}.log").read_text()[-3000:], file=sys.stderr)
+                    return 1
+                doc = json.loads((dest / "prediction.json").read_text())
+                row = {"exam": name, "hdbet_runtime": runtime, "rep": rep, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                       "peak_rss_mb": r.get("peak_rss_mb"), "inside_s": doc["seconds"]["total"],
+                       **{f"{k}_s": v for k, v in doc["seconds"].items() if k != "total"},
+                       "brain_ml": doc["qc"]["brain_volume_ml"], "qc_flagged": doc["qc"]["flagged"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    targets = []
+    for runtime in a.hdbet_runtime:
+        wall = common.median(r["wall_s"] for r in rows if r["hdbet_runtime"] == runtime)
+        targets += [common.target(NAME, f"one new patient end to end, HD-BET {runtime} (median over exams), 2 cores",
+                                  wall, "<=", TARGET_S, "s",
+                                  note=f"goal {GOAL_S:.0f} s; the command as a user runs it, imports included"),
+                    common.target(NAME, f"one new patient end to end, HD-BET {runtime}, goal", wall, "<=", GOAL_S, "s")]
     common.save(out, NAME, rows, targets, {"config": str(a.config), "reps": a.reps or 1}, load_before)
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
