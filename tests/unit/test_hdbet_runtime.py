@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedglioma.errors import ConfigError
+from tests.unit.preprocess_helpers import hdbet_head
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,15 +78,11 @@ def test_openvino_mask_matches_torch_fp32(tmp_path) -> None:
     """On a synthetic 2 mm head with skull, the OpenVINO pass gives the torch fp32 mask to Dice >= 0.999 in f32 and
     in the precision ``auto`` picks (bf16 on AVX512-BF16/AMX processors)."""
     pytest.importorskip("openvino")
-    synth = pytest.importorskip("fedglioma.synth")
     import torch
 
     from fedglioma.preprocess import hdbet
 
-    spec = synth.SiteSpec(name="HDBET", voxel_size=(2.0, 2.0, 2.0), fov_mm=(200.0, 220.0, 180.0))
-    s = synth.synthesize_subject(spec, 1, seed=5)
-    data = np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0))
-    spacing = [2.0, 2.0, 2.0]
+    data, spacing = hdbet_head()
     # one torch thread: the flush of denormals that predict() sets is per thread (see the fp32 test in
     # test_preprocess.py); OpenVINO flushes its own
     threads = torch.get_num_threads()

