@@ -222,16 +222,23 @@ def get_final_targets():
     ]
 
 
-def bundle_targets():
-    """The bundle, when the model predict.model names is evaluated (FedBN's federated model is not: a warning,
-    or an error when a predict site needs this workflow's bundle)."""
+def bundle_model_problem():
+    """Why the model predict.model names cannot be exported (None: it can): it must be evaluated."""
     model = config["predict"]["model"]
     if model in get_models():
-        return [BUNDLE]
-    why = (
+        return None
+    return (
         f"predict.model {model!r} is not among the evaluated models {get_models()} (FedBN keeps site-local "
         "parameters; a baseline must be switched on under baselines)"
     )
+
+
+def bundle_targets():
+    """The bundle, when the model predict.model names is evaluated (FedBN's federated model is not: a warning,
+    or an error when a predict site needs this workflow's bundle)."""
+    why = bundle_model_problem()
+    if why is None:
+        return [BUNDLE]
     if PREDICT_SITES and not config["predict"]["bundle"]:
         raise WorkflowError(f"the predict sites need a bundle, but {why}")
     logging.getLogger("fedglioma").warning("no model bundle is exported: %s", why)
@@ -482,12 +489,10 @@ def get_compare_inputs(wildcards):
 # ---- model bundle and predict sites --------------------------------------------------------------
 def get_export_bundle_inputs(wildcards):
     """The exported model's selection and round files, its external metrics, the training sites' summaries."""
+    why = bundle_model_problem()
+    if why is not None:
+        raise WorkflowError(why)
     model = config["predict"]["model"]
-    if model not in get_models():
-        raise WorkflowError(
-            f"predict.model {model!r} is not among the evaluated models {get_models()}: switch on its baseline "
-            "(baselines.*) or choose another"
-        )
     return {
         **model_files(model),
         "metrics": f"results/sites/{EXTERNAL_SITE}/evaluation/{model}/metrics.json",

@@ -62,13 +62,11 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
     """
     from fedglioma.evaluate.site import GRID_COLUMNS
     from fedglioma.metrics import segmentation_metrics
-    from fedglioma.preprocess.grid import native_image, native_reference_mask
+    from fedglioma.preprocess.grid import native_mask, native_reference_mask
 
-    prob = native_image(seg_prob, subject_dir, grid, is_label=False)
-    pred = np.asarray(prob.dataobj) >= 0.5
+    mask = native_mask(seg_prob, subject_dir, grid)
+    pred = np.asarray(mask.dataobj) > 0
     if native_out is not None:
-        mask = nib.Nifti1Image(pred.astype(np.uint8), prob.affine, prob.header)
-        mask.set_data_dtype(np.uint8)
         with atomic_path(native_out) as tmp:
             nib.save(mask, str(tmp))
     truth = native_reference_mask(subject_dir, site=site, subject=subject)
@@ -77,7 +75,7 @@ def subject_segmentation(seg_prob: np.ndarray, truth_grid: np.ndarray | None, su
     if truth.shape != pred.shape:
         raise InputError(f"reference mask {truth.shape} and native prediction {pred.shape} differ in shape",
                          site=site, subject=subject, file=subject_dir, fix="rerun the preprocessing of the subject")
-    spacing = tuple(float(v) for v in prob.header.get_zooms()[:3])
+    spacing = tuple(float(v) for v in mask.header.get_zooms()[:3])
     row = {"subject": subject, **segmentation_metrics(pred, truth, spacing)}
     grid_spacing = tuple(float(v) for v in read_json(grid, what="network-grid description")["grid_spacing"])
     on_grid = segmentation_metrics(seg_prob >= 0.5, truth_grid, grid_spacing)

@@ -12,7 +12,6 @@ reproducible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from fedglioma.atomic import atomic_path, dumps, jsonable, write_json
 from fedglioma.constants import ID_PATTERN
 from fedglioma.errors import InputError, UpdateRejected
+from fedglioma.io.files import sha256_file
 
 FORMAT = "fedglioma-params"
 FORMAT_VERSION = 1
@@ -47,14 +47,6 @@ def sidecar_path(path: str | Path) -> Path:
     """The sidecar of a parameter file: ``X.safetensors`` -> ``X.json``."""
     return Path(path).with_suffix(".json")
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def spec_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

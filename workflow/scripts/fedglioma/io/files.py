@@ -3,6 +3,7 @@ file on failure. Writing goes through :mod:`fedglioma.atomic` (``write_json``: s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,12 @@ def parse_pairs(items: list[str] | None, *, flag: str) -> dict[str, Path]:
             raise ConfigError(f"{flag} names {name!r} twice")
         out[name] = Path(path)
     return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

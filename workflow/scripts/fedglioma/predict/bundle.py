@@ -92,8 +92,9 @@ def export_bundle(final: str, candidates: Sequence[str], metrics: str, summaries
     from safetensors.torch import save
 
     from fedglioma.evaluate.external import resolve_model
-    from fedglioma.federated.exchange import load_params
+    from fedglioma.io.files import sha256_file
     from fedglioma.settings import Config
+    from fedglioma.train.local import load_model
 
     cfg = Config.model_validate(dict(config))
     if model == "federated" and cfg.federated.site_local_patterns:
@@ -101,11 +102,8 @@ def export_bundle(final: str, candidates: Sequence[str], metrics: str, summaries
                           "it has no parameters for a hospital that never trained. Fix: export the centralized or "
                           "a local-only model (predict.model) or train without site-local parameters")
     model_path, selection = resolve_model(final, candidates)
-    state, side = load_params(model_path)
-    arch = cfg.model.architecture()
-    saved = side.get("model") or {}
-    if {k: saved.get(k) for k in arch} != arch:
-        raise ConfigError(f"{model_path} was built with model {saved}, the config says {arch}")
+    # loaded as every stage loads a model: sha256 against its sidecar, architecture against the config, strictly
+    state = load_model(model_path, cfg.model).state_dict()
     weights = save({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()},
                    metadata={"format": FORMAT, "model": dumps(cfg.model.model_dump(mode="json"), indent=None)})
     ext = read_json(metrics, what="external evaluation metrics")
@@ -121,7 +119,7 @@ def export_bundle(final: str, candidates: Sequence[str], metrics: str, summaries
         "name": Path(bundle).name.removeprefix("fedglioma-").removesuffix(".zip"),
         "synthetic": bool(cfg.demo.enabled),
         "model": {"arm": model, "config": cfg.model.model_dump(mode="json"), "round": selected_round,
-                  "source_sha256": side.get("sha256"), "weights_sha256": _sha256(weights)},
+                  "source_sha256": sha256_file(model_path), "weights_sha256": _sha256(weights)},
         "inputs": {"modalities": list(MODALITIES), "reference": "T1c"},
         "recipe": {"preprocess": cfg.preprocess.model_dump(mode="json"),
                    "qc_thresholds": cfg.qc.thresholds.model_dump(mode="json")},

