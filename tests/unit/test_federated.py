@@ -38,9 +38,14 @@ def _mem(site: str, n: int, **tensors: torch.Tensor) -> MemoryUpdate:
     return MemoryUpdate(site=site, round=1, n_train=n, tensors=dict(tensors))
 
 
-def _write_update(folder: Path, site: str, n: int, tensors: dict[str, torch.Tensor], rnd: int = 1) -> Path:
+def _write_update(folder: Path, site: str, n: int, tensors: dict[str, torch.Tensor], rnd: int = 1,
+                  prev: Path | None = None) -> Path:
+    """An update of ``site``, trained from the global model ``prev`` (its sha256 in the sidecar)."""
     p = folder / f"site-{site}" / "update.safetensors"
-    save_params(p, tensors, {"kind": "update", "round": rnd, "site": site, "n_train": n})
+    side = {"kind": "update", "round": rnd, "site": site, "n_train": n}
+    if prev is not None:
+        side["global_sha256"] = json.loads(prev.with_suffix(".json").read_text())["sha256"]
+    save_params(p, tensors, side)
     return p
 
 
@@ -149,8 +154,8 @@ def _good(tmp_path: Path, site: str = "A", n: int = 2, value: float = 1.0) -> di
 
 def test_aggregate_files_keeps_site_local_params(tmp_path: Path, prev_global: Path) -> None:
     pats = ("*.norm*",)
-    u1 = _write_update(tmp_path, "A", 1, _good(tmp_path, value=1.0))
-    u2 = _write_update(tmp_path, "B", 3, _good(tmp_path, value=5.0))
+    u1 = _write_update(tmp_path, "A", 1, _good(tmp_path, value=1.0), prev=prev_global)
+    u2 = _write_update(tmp_path, "B", 3, _good(tmp_path, value=5.0), prev=prev_global)
     out = tmp_path / "round-1" / "global.safetensors"
     side = aggregate_files(
         FedAvg(), [u1, u2], prev_global, out, 1, None, tmp_path / "state.safetensors", site_local_patterns=pats
@@ -165,12 +170,12 @@ def test_aggregate_files_keeps_site_local_params(tmp_path: Path, prev_global: Pa
 
 def test_aggregate_fedadam_state_roundtrip(tmp_path: Path, prev_global: Path) -> None:
     strat = FedAdam(0.1, 0.9, 0.99, 1e-3)
-    u = _write_update(tmp_path, "A", 1, _good(tmp_path), rnd=1)
+    u = _write_update(tmp_path, "A", 1, _good(tmp_path), rnd=1, prev=prev_global)
     g1, s1 = tmp_path / "g1.safetensors", tmp_path / "s1.safetensors"
     aggregate_files(strat, [u], prev_global, g1, 1, None, s1, site_local_patterns=("*.norm*",))
     state = load_file(str(s1))
     assert set(state) == {"m.a.weight", "v.a.weight", "m.b", "v.b"}
-    u2 = _write_update(tmp_path / "r2", "A", 1, _good(tmp_path), rnd=2)
+    u2 = _write_update(tmp_path / "r2", "A", 1, _good(tmp_path), rnd=2, prev=g1)
     aggregate_files(
         strat,
         [u2],
@@ -224,13 +229,23 @@ def test_bad_updates_rejected_with_site_and_round(tmp_path: Path) -> None:
         assert f"site {site}" in msg and "round 1" in msg and why in msg, (name, msg)
 
 
-def test_bad_update_stops_aggregation(tmp_path: Path, prev_global: Path) -> None:
-    good = _write_update(tmp_path, "A", 2, _good(tmp_path))
-    bad = _write_update(tmp_path / "x", "B", 2, {**_good(tmp_path), "b": torch.tensor([math.nan] * 4)})
+def test_bad_update_left_out_above_quorum_and_fails_below(tmp_path: Path, prev_global: Path) -> None:
+    ups = [_write_update(tmp_path / s, s, 2, _good(tmp_path, value=v), prev=prev_global)
+           for s, v in (("A", 1.0), ("B", 2.0), ("C", 3.0))]
+    bad = _write_update(tmp_path / "x", "D", 2, {**_good(tmp_path), "b": torch.tensor([math.nan] * 4)},
+                        prev=prev_global)
     out = tmp_path / "g1.safetensors"
     for strat in (FedAvg(), Median()):
-        with pytest.raises(UpdateRejected, match="site B, round 1"):
-            aggregate_files(strat, [good, bad], prev_global, out, 1, site_local_patterns=("*.norm*",))
+        side = aggregate_files(strat, [*ups, bad], prev_global, out, 1, site_local_patterns=("*.norm*",),
+                               sites=["A", "B", "C", "D"], min_sites=3)
+        assert [s["site"] for s in side["sites"]] == ["A", "B", "C"] and side["quorum"] == 3
+        (e,) = side["excluded"]
+        assert e["site"] == "D" and e["stage"] == "refused" and "NaN" in e["reason"]
+        assert load_params(out)[0]["b"].tolist() == [2.0] * 4
+    out.unlink()
+    with pytest.raises(UpdateRejected, match=r"3 of 4 sites .* below the quorum of 4 .* site D \(refused\)"):
+        aggregate_files(FedAvg(), [*ups, bad], prev_global, out, 1, site_local_patterns=("*.norm*",),
+                        sites=["A", "B", "C", "D"], min_sites=4)
     assert not out.exists()
 
 
@@ -366,7 +381,8 @@ def test_cli_aggregate(tmp_path: Path, prev_global: Path) -> None:
 
     cfg = tmp_path / "config.yaml"
     cfg.write_text("sites: s.tsv\nfederated:\n  strategy: median\n  site_local_patterns: ['*.norm*']\n")
-    ups = [_write_update(tmp_path, s, 1, _good(tmp_path, value=v)) for s, v in (("A", 1.0), ("B", 2.0), ("C", 9.0))]
+    ups = [_write_update(tmp_path, s, 1, _good(tmp_path, value=v), prev=prev_global)
+           for s, v in (("A", 1.0), ("B", 2.0), ("C", 9.0))]
     out = tmp_path / "g1.safetensors"
 
     def argv(*extra: str) -> list[str]:

@@ -12,6 +12,7 @@ from fedglioma.config import (
     read_sites_table,
     site_row,
 )
+from fedglioma.federated.attacks import check_attack_site
 from fedglioma.predict.bundle import bundle_path
 from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
 from fedglioma.io.layouts import discover
@@ -38,6 +39,7 @@ PREDICT_SITES = [s for s, r in SITE_ROWS.items() if r.role == "predict"]
 STUDY_SITES = [s for s in SITES if s not in PREDICT_SITES]
 DEMO = config["demo"]["enabled"]
 ROUNDS = int(config["federated"]["rounds"])
+check_attack_site(_config.attack, TRAIN_SITES)
 #: The bundle this workflow exports (rule export_bundle), and the one its predict sites use.
 BUNDLE = str(bundle_path("results", config["predict"]["name"]))
 PREDICT_BUNDLE = config["predict"]["bundle"] or BUNDLE
@@ -316,6 +318,11 @@ def get_all_sidecars(wildcards):
     ]
 
 
+def get_all_round_sidecars(wildcards):
+    """The global models' sidecars of rounds 1..R: who took part in each round, and why anyone did not."""
+    return [f"results/federated/round-{r}/global.json" for r in range(1, ROUNDS + 1)]
+
+
 def get_all_globals(wildcards):
     return [
         f"results/federated/round-{r}/global.safetensors" for r in range(0, ROUNDS + 1)
@@ -381,6 +388,7 @@ def get_report_inputs(wildcards):
         "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in STUDY_SITES],
         "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in STUDY_SITES],
         "curves": "results/federated/training_curves.png",
+        "training": "results/federated/training_curves.tsv",
         **(
             {"comparison": f"results/sites/{EXTERNAL_SITE}/evaluation/comparison.tsv"}
             if len(get_models()) > 1

@@ -63,6 +63,7 @@ rule local_train:
         train_cfg=config["train"],
         federated_cfg=config["federated"],
         endpoints_cfg=config["endpoints"],
+        attack_cfg=config["attack"],
     script:
         "../scripts/step.py"
 
@@ -86,6 +87,7 @@ rule aggregate:
         mem_mb=2000,
     params:
         federated_cfg=config["federated"],
+        sites=TRAIN_SITES,
     script:
         "../scripts/step.py"
 
@@ -133,6 +135,7 @@ rule training_curves:
     input:
         sidecars=get_all_sidecars,
         metrics=get_all_validation,
+        rounds=get_all_round_sidecars,
     output:
         table="results/federated/training_curves.tsv",
         png=report(

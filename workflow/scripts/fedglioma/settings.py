@@ -501,11 +501,27 @@ class FederatedConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1, description="FedOpt first-moment decay.")
     beta2: float = Field(0.99, ge=0, lt=1, description="FedOpt second-moment decay.")
     tau: float = Field(1e-3, gt=0, description="FedOpt adaptivity (added to sqrt(v)).")
-    trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="Trimmed mean: fraction of sites dropped at each "
-                                 "end per coordinate.")
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="Trimmed mean: fraction of the round's sites "
+                                 "dropped at each end per coordinate, rounded up (0.1 of 5 sites drops 1 at each end) "
+                                 "and capped so that at least one value remains.")
     site_local_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="fnmatch patterns of parameter names kept at each site and never sent "
         "(FedBN-style personalisation, e.g. ['*.norm*']).")
+    min_sites: int = Field(2, ge=1, description="Quorum of a round: it aggregates when at least this many training "
+                           "sites delivered an accepted update (capped at the number of training sites); a site that "
+                           "failed or whose update was refused is left out of that round and takes part again in "
+                           "the next. Below the quorum the round fails, naming the sites and why.")
+    site_attempts: int = Field(2, ge=1, description="Attempts of a site's local training inside its job (each in a "
+                               "fresh child process, so an out-of-memory kill counts too) before the site is "
+                               "recorded as failed for the round.")
+    update_norm_bound: float | None = Field(None, gt=1, description="Bound k on an update's norm (the L2 norm of "
+                                            "its change to the previous global model, over all shared parameters): "
+                                            "an update above k times the median norm of the round's accepted "
+                                            "updates is clipped to that bound or refused (update_norm_action). "
+                                            "null: no bound.")
+    update_norm_action: Literal["clip", "refuse"] = Field("clip", description="What the update-norm bound does to "
+                                                          "an update above it: clip (scale its change down to the "
+                                                          "bound) or refuse (leave the site out of the round).")
 
 
 # ---- evaluation, endpoints, baselines, cluster ----------------------------------------------------------------
@@ -553,6 +569,17 @@ class PredictConfig(Section):
                                      "folders (work/ in its prediction folder) for debugging.")
 
 
+class AttackConfig(Section):
+    """A simulated attacker, for robustness studies only (benchmarks/robustness.py): one training site replaces
+    the update it sends with a manipulated one, every round. Never set in a real federation."""
+
+    site: str | None = Field(None, description="The attacking training site (null: no attack).")
+    kind: Literal["sign_flip", "scale", "noise"] = Field(
+        "sign_flip", description="What the attacker sends, as a change d to the previous global model: sign_flip "
+        "-d, scale factor * d, noise Gaussian noise with factor times the RMS of d per tensor (d itself discarded).")
+    factor: PositiveFloat = Field(10.0, description="Scale of the scale and noise attacks.")
+
+
 class ClusterConfig(Section):
     """SLURM partitions and accounts used when sites.tsv leaves them empty, and the coordinator's."""
 
@@ -586,6 +613,8 @@ class Config(Section):
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Model bundle and prediction on new "
                                    "patients.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="SLURM partitions and accounts.")
+    attack: AttackConfig = Field(default_factory=AttackConfig, description="Simulated attacker for robustness "
+                                 "studies (never in a real federation).")
 
 
 # ---- validation -----------------------------------------------------------------------------------------------

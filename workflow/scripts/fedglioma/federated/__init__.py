@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         save_params,
         sha256_file,
         sidecar_path,
+        update_status,
     )
     from fedglioma.federated.params import is_site_local, shared_names, split_params
+    from fedglioma.federated.robust import ScaledUpdate, update_norm
     from fedglioma.federated.select import select_model, youden
     from fedglioma.federated.strategies import (
         FedAdam,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         Strategy,
         TrimmedMean,
         make_strategy,
+        trim_count,
     )
 
 #: public name -> submodule; imported on first use (PEP 562), so that building the ``fedglioma`` command line
@@ -39,11 +42,13 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
 _EXPORTS: dict[str, str] = {
     "aggregate_files": "aggregate",
     **dict.fromkeys(("FileUpdate", "MemoryUpdate", "Update", "load_params", "load_update", "open_update",
-                     "read_sidecar", "save_params", "sha256_file", "sidecar_path"), "exchange"),
+                     "read_sidecar", "save_params", "sha256_file", "sidecar_path", "update_status"),
+                    "exchange"),
+    **dict.fromkeys(("ScaledUpdate", "update_norm"), "robust"),
     **dict.fromkeys(("is_site_local", "shared_names", "split_params"), "params"),
     **dict.fromkeys(("select_model", "youden"), "select"),
     **dict.fromkeys(("FedAdam", "FedAvg", "FedProx", "FedYogi", "Median", "Strategy", "TrimmedMean",
-                     "make_strategy"), "strategies"),
+                     "make_strategy", "trim_count"), "strategies"),
 }
 
 
@@ -59,6 +64,7 @@ __all__ = [
     "FileUpdate",
     "Median",
     "MemoryUpdate",
+    "ScaledUpdate",
     "Strategy",
     "TrimmedMean",
     "Update",
@@ -75,5 +81,8 @@ __all__ = [
     "shared_names",
     "sidecar_path",
     "split_params",
+    "trim_count",
+    "update_norm",
+    "update_status",
     "youden",
 ]

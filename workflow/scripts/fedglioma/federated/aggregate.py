@@ -1,20 +1,37 @@
-"""One server round on files: check the updates, aggregate, write the new global model and server state."""
+"""One server round on files: check the updates, leave out what failed or was refused, bound the update norms,
+aggregate if the quorum delivered, write the new global model and server state."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from fedglioma.errors import UpdateRejected
-from fedglioma.federated.exchange import load_params, open_update, save_params, spec_of
+from fedglioma.federated.exchange import Update, load_params, open_update, save_params, spec_of, update_status
 from fedglioma.federated.params import split_params
-from fedglioma.federated.strategies import Strategy
+from fedglioma.federated.robust import ScaledUpdate, norm_bound, update_norm
+from fedglioma.federated.strategies import Strategy, TrimmedMean, trim_count
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A site left out of a round, and why: ``failed`` (at the site, after its attempts), ``refused`` (the update
+    failed a check) or ``norm`` (refused by the update-norm bound)."""
+
+    site: str
+    stage: Literal["failed", "refused", "norm"]
+    reason: str
+
+
+def _slot_site(path: Path, i: int, sites: Sequence[str] | None) -> str:
+    return sites[i] if sites is not None else path.parent.name.removeprefix("site-")
 
 
 def aggregate_files(
@@ -27,13 +44,21 @@ def aggregate_files(
     server_state_out: str | Path | None = None,
     *,
     site_local_patterns: Sequence[str] = (),
+    sites: Sequence[str] | None = None,
+    min_sites: int = 1,
+    update_norm_bound: float | None = None,
+    update_norm_action: Literal["clip", "refuse"] = "clip",
 ) -> dict[str, Any]:
     """Aggregate the site updates of ``round`` into the global model of ``round``.
 
     The previous global model defines the expected shared names, shapes and dtypes (all its parameters except
-    those matching ``site_local_patterns``). Every update is checked (sidecar, round, sha256, names, shapes,
-    dtypes; finiteness when read) before it is used. Site-local parameters of the new global model are copied
-    from the previous one (they are never aggregated).
+    those matching ``site_local_patterns``). Each update is checked before it is used (sidecar, site, round,
+    sha256, header, the global model it was trained from, names, shapes, dtypes, finite values) and its norm taken.
+    A site that recorded a failure and an update that fails a check (a copy of another site's update fails the
+    header check) are left out of the round with the reason; so is an update above the norm bound when ``update_norm_action`` is
+    ``refuse`` (``clip`` scales it down instead). The round aggregates if at least ``min_sites`` sites (capped at
+    the number of sites) are left. Site-local parameters of the new global model are copied from the previous one
+    (they are never aggregated).
 
     Args:
         strategy: the aggregation strategy.
@@ -44,19 +69,71 @@ def aggregate_files(
         server_state_in: the strategy state after ``round - 1`` (``None`` or a missing file: empty state).
         server_state_out: where to write the strategy state after this round (empty file for stateless ones).
         site_local_patterns: ``fnmatch`` patterns of parameters kept at the sites.
+        sites: the site each update path belongs to (the training sites of sites.tsv, in order); default: the
+            ``site-<ID>`` folder the file lies in.
+        min_sites: the quorum (``federated.min_sites``).
+        update_norm_bound: ``k`` of the norm bound (:mod:`fedglioma.federated.robust`); ``None``: no bound.
+        update_norm_action: ``clip`` or ``refuse`` an update above the bound.
 
     Returns:
-        the sidecar written next to ``out_global``.
+        the sidecar written next to ``out_global``: the participating ``sites`` (n_train, sha256, norm, clip
+        scale), the ``excluded`` sites with stage and reason, the ``quorum``, the norm ``bound``.
 
     Raises:
-        UpdateRejected: a bad update (the message names the site and round).
+        UpdateRejected: fewer than the quorum delivered an accepted update (naming every left-out site and why).
     """
-    if not update_paths:
+    paths = [Path(p) for p in update_paths]
+    if not paths:
         raise UpdateRejected(f"round {round}: no site updates to aggregate")
+    if sites is not None and len(sites) != len(paths):
+        raise UpdateRejected(f"round {round}: {len(paths)} update files for {len(sites)} sites {list(sites)}")
     prev, prev_side = load_params(prev_global)
     shared_prev, local_prev = split_params(prev, site_local_patterns)
     expected = spec_of(shared_prev)
-    updates = [open_update(p, expected=expected, round=round) for p in update_paths]
+    excluded: list[Exclusion] = []
+    accepted: dict[str, Update] = {}
+    norms: dict[str, float] = {}
+    digests: dict[str, str] = {}
+    for i, path in enumerate(paths):
+        slot = _slot_site(path, i, sites)
+        failed = update_status(path)
+        if failed is not None:
+            excluded.append(Exclusion(slot, "failed", f"failed at the site after {failed.get('attempts', '?')} "
+                                      f"attempt(s): {failed.get('reason', 'no reason recorded')}"))
+            continue
+        try:
+            u = open_update(path, expected=expected, round=round, site=slot if sites is not None else None,
+                            global_sha256=prev_side.get("sha256"))
+            norms[slot] = update_norm(u, shared_prev)
+        except UpdateRejected as exc:
+            excluded.append(Exclusion(slot, "refused", str(exc)))
+            continue
+        accepted[slot] = u
+        digests[slot] = str(u.sidecar.get("sha256"))
+
+    bound = norm_bound(norms, update_norm_bound) if update_norm_bound is not None and norms else None
+    scales: dict[str, float] = {}
+    if bound is not None:
+        for slot, n in sorted(norms.items()):
+            if n <= bound:
+                continue
+            if update_norm_action == "refuse":
+                excluded.append(Exclusion(slot, "norm", f"update norm {n:.4g} above the bound {bound:.4g} "
+                                          f"({update_norm_bound:g} x the round's median norm)"))
+                del accepted[slot]
+            else:
+                scales[slot] = bound / n
+                accepted[slot] = ScaledUpdate(accepted[slot], shared_prev, scales[slot])
+
+    quorum = min(min_sites, len(paths))
+    for e in excluded:
+        log.warning("round %d: site %s left out (%s): %s", round, e.site, e.stage, e.reason)
+    if len(accepted) < quorum:
+        why = "; ".join(f"site {e.site} ({e.stage}): {e.reason}" for e in excluded)
+        raise UpdateRejected(f"round {round}: {len(accepted)} of {len(paths)} sites delivered an accepted update, "
+                             f"below the quorum of {quorum} (federated.min_sites). Left out: {why}")
+
+    updates = list(accepted.values())
     state: dict[str, torch.Tensor] = {}
     if server_state_in is not None and Path(server_state_in).is_file():
         state, _ = load_params(server_state_in)
@@ -66,7 +143,11 @@ def aggregate_files(
         if not bool(torch.isfinite(v).all()):
             raise UpdateRejected(f"round {round}: aggregated tensor {k!r} is not finite")
     new = {k: (new_shared[k] if k in new_shared else local_prev[k]) for k in prev}
-    sites = [{"site": u.site, "n_train": u.n_train, "sha256": u.sidecar.get("sha256")} for u in updates]
+    participants = [{"site": s, "n_train": u.n_train, "sha256": digests[s], "norm": norms[s],
+                     "clip_scale": scales.get(s)} for s, u in accepted.items()]
+    extra: dict[str, Any] = {}
+    if isinstance(strategy, TrimmedMean):
+        extra["trimmed_per_end"] = trim_count(strategy.beta, len(updates))
     side = save_params(
         out_global,
         new,
@@ -74,7 +155,12 @@ def aggregate_files(
             "kind": "global",
             "round": round,
             "strategy": strategy.name,
-            "sites": sites,
+            "sites": participants,
+            "excluded": [asdict(e) for e in excluded],
+            "quorum": quorum,
+            "update_norm_bound": None if bound is None else {"k": update_norm_bound, "bound": bound,
+                                                               "action": update_norm_action},
+            **extra,
             "n_train": sum(u.n_train for u in updates),
             "site_local_patterns": list(site_local_patterns),
             "model": prev_side.get("model"),
@@ -84,4 +170,3 @@ def aggregate_files(
     if server_state_out is not None:
         save_params(server_state_out, new_state, {"kind": "server_state", "round": round, "strategy": strategy.name})
     return side
-

@@ -207,24 +207,41 @@ def _names(names: set[str], limit: int = 5) -> str:
     return ", ".join(s[:limit]) + (f" (+{len(s) - limit} more)" if len(s) > limit else "")
 
 
+def update_status(path: str | Path, sidecar_in: str | Path | None = None) -> dict[str, Any] | None:
+    """The sidecar of an update file when it records that the site *failed* this round (``status: failed``,
+    written by the site instead of an update), else ``None`` (an update to check with :func:`open_update`)."""
+    side_p = Path(sidecar_in) if sidecar_in is not None else sidecar_path(path)
+    try:
+        side = json.loads(side_p.read_text())
+    except (OSError, ValueError):
+        return None
+    return side if isinstance(side, dict) and side.get("status") == "failed" else None
+
+
 def open_update(
     path: str | Path,
     *,
     expected: Spec,
     round: int,
     sidecar_in: str | Path | None = None,
+    site: str | None = None,
+    global_sha256: str | None = None,
 ) -> FileUpdate:
     """Check an update file without loading its tensors.
 
-    Checks: the sidecar is readable JSON naming a valid site, this ``round`` and a positive integer ``n_train``;
-    the file's sha256 equals the sidecar's; the safetensors header lists exactly the ``expected`` names with the
-    expected shapes and dtypes. Finiteness is checked when tensors are read (:meth:`FileUpdate.get` / ``load``).
+    Checks: the sidecar is readable JSON naming a valid site (``site``, when given: the site whose slot the file
+    came in), this ``round`` and a positive integer ``n_train``; the file's sha256 equals the sidecar's; the
+    header's own record of kind, round and site agrees with the sidecar; with ``global_sha256``, the update was
+    trained from that global model (a replayed or stale update was not); the safetensors header lists exactly the
+    ``expected`` names with the expected shapes and dtypes. Finiteness is checked when tensors are read
+    (:meth:`FileUpdate.get` / ``load``).
 
     Raises:
         UpdateRejected: naming the site and round.
     """
     path = Path(path)
-    site = _site_hint(path)
+    expected_site = site
+    site = site if site is not None else _site_hint(path)
 
     def reject(problem: str) -> UpdateRejected:
         return UpdateRejected(f"update from site {site}, round {round} ({path}): {problem}")
@@ -239,6 +256,9 @@ def open_update(
     s = side.get("site")
     if not isinstance(s, str) or not re.match(ID_PATTERN, s):
         raise reject(f"sidecar names no valid site ({s!r})")
+    if expected_site is not None and s != expected_site:
+        raise reject(f"sidecar names site {s!r}, which is not the site this update came from (not a training site "
+                     "of sites.tsv, or another site's update)")
     site = s
     if side.get("round") != round or isinstance(side.get("round"), bool):
         raise reject(f"sidecar is for round {side.get('round')!r}, expected {round}")
@@ -249,11 +269,23 @@ def open_update(
         raise reject("update file not found")
     if side.get("sha256") != sha256_file(path):
         raise reject("sha256 differs from its sidecar (corrupt or replaced file)")
+    if global_sha256 is not None and side.get("global_sha256") != global_sha256:
+        raise reject(f"trained from another global model (global_sha256 {str(side.get('global_sha256'))[:12]}, "
+                     f"expected {global_sha256[:12]}, the global model of round {round - 1}): a replayed or stale "
+                     "update")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+            own = f.metadata() or {}
     except (OSError, SafetensorError) as exc:
         raise reject(f"not a readable safetensors file ({exc})") from exc
+    try:
+        record = json.loads(own.get("fedglioma", "{}"))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or any(record.get(k) != side.get(k) for k in ("kind", "round", "site")):
+        raise reject("the file's own header (kind, round, site) disagrees with its sidecar (a file from another "
+                     "round or site under this name)")
     missing, unexpected = set(expected) - set(header), set(header) - set(expected)
     if missing or unexpected:
         parts = []

@@ -198,8 +198,22 @@ class Median(_PerCoordinate):
         return (sorted_values[n // 2 - 1] + sorted_values[n // 2]) / 2
 
 
+def trim_count(beta: float, n_sites: int) -> int:
+    """Values a trimmed mean drops at each end of ``n_sites``: ``ceil(beta * n_sites)``, at most ``(n_sites - 1) // 2``.
+
+    Rounded up, so that the configured fraction trims at the sizes federations have (0.1 of 5 sites is 1, where
+    rounding down gave 0, a plain mean); capped so that at least one value remains.
+
+    >>> [trim_count(0.1, n) for n in (1, 2, 3, 5, 10, 11, 20)]
+    [0, 0, 1, 1, 1, 2, 2]
+    >>> trim_count(0.0, 5)
+    0
+    """
+    return min(math.ceil(round(beta * n_sites, 9)), (n_sites - 1) // 2)
+
+
 class TrimmedMean(_PerCoordinate):
-    """Coordinate-wise trimmed mean: drop ``floor(beta * S)`` smallest and largest values, average the rest."""
+    """Coordinate-wise trimmed mean: drop the :func:`trim_count` smallest and largest values, average the rest."""
 
     name = "trimmed_mean"
 
@@ -210,7 +224,7 @@ class TrimmedMean(_PerCoordinate):
 
     def reduce(self, sorted_values: torch.Tensor) -> torch.Tensor:
         n = sorted_values.shape[0]
-        k = math.floor(self.beta * n)
+        k = trim_count(self.beta, n)
         return sorted_values[k : n - k].mean(dim=0)
 
 

@@ -11,15 +11,35 @@ from fedglioma.atomic import atomic_path
 from fedglioma.io.files import read_json
 
 
-def curves_table(sidecars: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per site and round from the update sidecars and validation JSONs (site-aggregated values only)."""
+def _participation(rounds: Sequence[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """``(site, round) -> (status, note)`` from the global models' sidecars: ``aggregated`` or ``clipped`` (with
+    the scale) for the sites that took part, ``failed`` / ``refused`` / ``norm`` with the reason for those left out."""
+    out: dict[tuple[str, int], tuple[str, str]] = {}
+    for side in (read_json(p, what="global model sidecar") for p in rounds):
+        rnd = side["round"]
+        for s in side.get("sites", []):
+            scale = s.get("clip_scale")
+            out[(s["site"], rnd)] = ("clipped", f"x{scale:.3g}") if scale is not None else ("aggregated", "")
+        for e in side.get("excluded", []):
+            out[(e["site"], rnd)] = (e["stage"], e["reason"])
+    return out
+
+
+def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per site and round from the update sidecars, validation JSONs and (``rounds``) the global models'
+    sidecars (site-aggregated values only). ``status`` says whether the site's update went into the round's model
+    (``aggregated``, ``clipped``) or why not (``failed`` at the site, ``refused`` by a check, ``norm`` bound);
+    ``note`` holds the reason or clip scale."""
     rows = []
     val = {(d["site"], d["round"]): d for d in (read_json(p, what="validation result") for p in metrics)}
+    taken = _participation(rounds)
     for side in (read_json(p, what="update sidecar") for p in sidecars):
         site, rnd = side["site"], side["round"]
-        v = val.get((site, rnd), {}).get("metrics", {})
+        v = val.get((site, rnd), {}).get("metrics") or {}
         aucs = [a for a in (v.get("auc") or {}).values() if a is not None]
         losses = side.get("train_losses") or side.get("metrics", {}).get("train_losses") or []
+        default = ("failed", str(side.get("reason", ""))) if side.get("status") == "failed" else ("", "")
+        status, note = taken.get((site, rnd), default)
         rows.append({
             "round": rnd,
             "site": site,
@@ -28,22 +48,26 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str]) -> pd.DataFram
             "val_loss": v.get("loss", np.nan),
             "val_dice": v.get("dice_mean", np.nan),
             "val_auc_mean": float(np.mean(aucs)) if aucs else np.nan,
+            "status": status,
+            "note": note,
         })
     return pd.DataFrame(rows).sort_values(["site", "round"])
 
 
-def training_curves(sidecars: Sequence[str], metrics: Sequence[str], table: str, png: str) -> None:
+def training_curves(sidecars: Sequence[str], metrics: Sequence[str], table: str, png: str,
+                    rounds: Sequence[str] = ()) -> None:
     """Rule ``training_curves`` / ``fedglioma report curves``: the curves as a TSV ``table`` and a figure ``png``.
 
     Args:
         sidecars: the sites' update sidecars (``update.json``) of every round.
         metrics: the sites' validation JSONs of every round.
+        rounds: the global models' sidecars (``global.json``) of rounds 1..R: who took part in each round.
     """
     from pathlib import Path
 
     from fedglioma.report.figures import training_curves as plot
 
-    t = curves_table(sidecars, metrics)
+    t = curves_table(sidecars, metrics, rounds)
     with atomic_path(table) as tmp:
         t.to_csv(tmp, sep="\t", index=False, na_rep="")
     plot(t, Path(png))

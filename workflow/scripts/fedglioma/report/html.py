@@ -378,6 +378,7 @@ def report_context(
     training_curves: Path | None,
     metrics: Mapping[str, Any],
     comparison: pd.DataFrame | None,
+    training: pd.DataFrame | None = None,
     figures: Mapping[str, Path],
     provenance: Mapping[str, Any],
     synthetic: bool | None = None,
@@ -418,6 +419,7 @@ def report_context(
         "training_figure": _figure(
             training_curves, "Loss, validation Dice and mean validation AUC per site and round", name="training curves"
         ),
+        "participation": participation(training),
         "comparison_table": None
         if comparison is None or comparison.empty
         else _table_html(_comparison_display(comparison), extra_class="nowrap"),
@@ -425,6 +427,25 @@ def report_context(
         "provenance_rows": provenance_rows,
         "provenance_blocks": provenance_blocks,
     }
+
+
+def participation(training: pd.DataFrame | None) -> dict[str, Any] | None:
+    """Who took part in each federated round, from the training-curves table: ``table`` (HTML, rounds x sites;
+    ``✓`` aggregated, ``clipped xS``, ``failed``, ``refused``, ``norm``), ``reasons`` (one line per site and round
+    left out or clipped) and ``complete`` (every site took part unclipped in every round). ``None`` without a
+    table or without a ``status`` column."""
+    if training is None or training.empty or "status" not in training:
+        return None
+    t = training.fillna({"status": "", "note": ""}).astype({"status": str, "note": str})
+    marks = {"aggregated": "✓", "clipped": "clipped"}
+    cells = t.assign(cell=[marks.get(s, s or "–") + (f" {n}" if s == "clipped" else "")
+                           for s, n in zip(t["status"], t["note"], strict=True)])
+    grid = cells.pivot(index="round", columns="site", values="cell").sort_index()
+    grid.index.name = "round"
+    odd = t[t["status"] != "aggregated"]
+    reasons = [f"round {r.round}, site {r.site}: {r.status}" + (f" ({r.note})" if r.note else "")
+               for r in odd.sort_values(["round", "site"]).itertuples()]
+    return {"table": _table_html(grid.reset_index()), "reasons": reasons, "complete": odd.empty}
 
 
 def _evaluation(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> dict[str, Any]:
@@ -478,6 +499,7 @@ def build_report(
     training_curves: Path | None,
     metrics: Mapping[str, Any],
     comparison: pd.DataFrame | None,
+    training: pd.DataFrame | None = None,
     figures: Mapping[str, Path],
     provenance: Mapping[str, Any],
     synthetic: bool | None = None,
@@ -504,6 +526,7 @@ def build_report(
         training_curves=training_curves,
         metrics=metrics,
         comparison=comparison,
+        training=training,
         figures=figures,
         provenance=provenance,
         synthetic=synthetic,

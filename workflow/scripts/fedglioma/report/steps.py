@@ -48,7 +48,7 @@ def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str,
 def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequence[str], qc: Sequence[str],
                  qc_examples: Sequence[str], curves: str, html: str, headline: str, *, config: Mapping[str, Any],
                  external: str, sites: Sequence[str], models: Sequence[str], comparison: str | None = None,
-                 demo_examples: Sequence[str] = ()) -> None:
+                 demo_examples: Sequence[str] = (), training: str | None = None) -> None:
     """Rule ``report`` / ``fedglioma report html``: the standalone HTML report from site-aggregated results only,
     and the external site's headline metrics (``headline``, the federated model's ``metrics.json``).
 
@@ -66,6 +66,7 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         models: the evaluated models (``federated``, ``centralized``, ``local-<site>``).
         comparison: the comparison table (``fedglioma evaluate compare``), with more than one model.
         demo_examples: one synthetic subject's figure per site (demo only).
+        training: the training-curves table (``training_curves.tsv``): who took part in each round.
     """
     from fedglioma.report.html import build_report
 
@@ -90,6 +91,7 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         qc_flagged={q["site"]: q["n_flagged"] for q in qc_docs},
         qc_images=dict(zip(sites, map(Path, qc_examples), strict=True)),
         training_curves=Path(curves),
+        training=read_tsv(training, what="training-curves table") if training else None,
         metrics=fed,
         comparison=read_tsv(comparison, what="comparison table") if comparison else None,
         figures=figure_files,

@@ -361,7 +361,7 @@ def local_train(
     amp = bool(train_cfg.amp and device.type == "cuda")
     seed = derive_seed(train_cfg.seed, "local_train", site, round)
     with deterministic(seed, threads=threads, device=device):
-        model, _ = _prepare(global_in, model_cfg, local_in, patterns, device)
+        model, global_side = _prepare(global_in, model_cfg, local_in, patterns, device)
         ds_kw = {"site": site, "val_fraction": train_cfg.val_fraction, "seed": train_cfg.seed}
         train_ds = SiteDataset(npz_files, labels_tsv, part="train", **ds_kw)
         val_ds = SiteDataset(npz_files, labels_tsv, part="val", **ds_kw)
@@ -388,6 +388,7 @@ def local_train(
                 "kind": "update",
                 "round": round,
                 "site": site,
+                "global_sha256": global_side.get("sha256"),
                 "n_train": n,
                 "n_val": len(val_ds),
                 "strategy": strategy_cfg.strategy,

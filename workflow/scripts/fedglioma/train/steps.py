@@ -25,7 +25,7 @@ import pandas as pd
 
 from fedglioma.atomic import atomic_path
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.settings import Endpoints, FederatedConfig, ModelConfig, TrainConfig, section
+from fedglioma.settings import AttackConfig, Endpoints, FederatedConfig, ModelConfig, TrainConfig, section
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,15 @@ def read_training_set(path: str, *, site: str) -> list[str]:
 def train_site_round(global_model: str, training_set: str, labels: str, site_update: str, site_update_meta: str,
                      local: str, local_meta: str, *, site: str, round: int, model_cfg: Mapping[str, Any],
                      train_cfg: Mapping[str, Any], federated_cfg: Mapping[str, Any],
-                     endpoints_cfg: Mapping[str, Any], local_state: str | None = None, threads: int = 1) -> None:
+                     endpoints_cfg: Mapping[str, Any], attack_cfg: Mapping[str, Any] | None = None,
+                     local_state: str | None = None, threads: int = 1) -> None:
     """One site's local epochs of round ``round`` from the previous global model.
+
+    Training runs in a child process (:func:`fedglioma.train.isolate.run_isolated`), up to
+    ``federated.site_attempts`` times. When every attempt failed, the site records the failure instead of an
+    update (``status: failed`` and the reason in the update's sidecar, an empty parameter file) and keeps its
+    site-local parameters; the job succeeds, and the server leaves the site out of this round
+    (``federated.min_sites``). The site trains again in the next round.
 
     Args:
         global_model: the global model of the previous round.
@@ -113,17 +120,60 @@ def train_site_round(global_model: str, training_set: str, labels: str, site_upd
         labels: the site's ``labels.tsv``.
         site_update, site_update_meta: the shared parameters to send to the server, and their sidecar.
         local, local_meta: the site-local parameters (FedBN-style, never sent), and their sidecar.
+        attack_cfg: the config's ``attack`` section (a simulated attacker, robustness studies only).
         local_state: the site's ``local.safetensors`` of the previous round (none in round 1).
         threads: CPU threads.
     """
+    from fedglioma.faults import fault_point
+    from fedglioma.train.isolate import run_isolated
     from fedglioma.train.local import local_train
 
     _check_sidecar(site_update, site_update_meta)
     _check_sidecar(local, local_meta)
     m, t, f = _configs(model_cfg, train_cfg, federated_cfg)
-    local_train(global_model, read_training_set(training_set, site=site), labels, site_update, site_update_meta, site=site,
-                round=round, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads, local_in=local_state,
-                local_out=local, endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
+    attack = section(AttackConfig, attack_cfg, "attack")
+
+    def attempt() -> None:
+        fault_point(f"local_train/{site}/round-{round}/start")
+        local_train(global_model, read_training_set(training_set, site=site), labels, site_update, site_update_meta,
+                    site=site, round=round, train_cfg=t, model_cfg=m, strategy_cfg=f, threads=threads,
+                    local_in=local_state, local_out=local, endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
+
+    reasons = []
+    for i in range(1, f.site_attempts + 1):
+        why = run_isolated(attempt)
+        if why is None:
+            break
+        reasons.append(why)
+        log.warning("site %s, round %d: attempt %d of %d failed: %s", site, round, i, f.site_attempts, why)
+    else:
+        _record_failure(global_model, site_update, local, local_state, site=site, round=round,
+                        patterns=f.site_local_patterns, reason=reasons[-1], attempts=len(reasons))
+        log.error("site %s, round %d: no update after %d attempt(s); recorded the failure, the server leaves the "
+                  "site out of this round", site, round, len(reasons))
+        return
+    if attack.site == site:
+        from fedglioma.federated.attacks import attack_update_file
+        from fedglioma.train.seeding import derive_seed
+
+        log.warning("site %s, round %d: SIMULATED ATTACK (%s) on the update sent", site, round, attack.kind)
+        attack_update_file(site_update, global_model, attack, site_local_patterns=f.site_local_patterns,
+                           seed=derive_seed(t.seed, "attack", site, round))
+
+
+def _record_failure(global_model: str, site_update: str, local: str, local_state: str | None, *, site: str,
+                    round: int, patterns: Sequence[str], reason: str, attempts: int) -> None:
+    """The outputs of a site that failed the round: an empty update whose sidecar says ``status: failed`` and why,
+    and the site-local parameters the site still holds (last round's, or the global model's in round 1)."""
+    from fedglioma.federated.exchange import load_params, save_params
+    from fedglioma.federated.params import split_params
+
+    kept, _ = load_params(local_state if local_state is not None and patterns else global_model)
+    _, site_local = split_params(kept, patterns)
+    save_params(site_update, {}, {"kind": "update", "status": "failed", "round": round, "site": site,
+                                  "reason": reason, "attempts": attempts})
+    save_params(local, site_local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns),
+                                    "status": "failed"})
 
 
 def validate_site_round(global_model: str, training_set: str, labels: str, validation: str, *, site: str,
