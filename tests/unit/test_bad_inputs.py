@@ -4,8 +4,8 @@ Each refused input is one case of :data:`REFUSED`: a good two-site study (traini
 layout, external site ``X`` in the EGD layout, 8x9x10 images) with one thing broken. The test runs the real
 command line in-process (``fedglioma.cli.main``): ``fedglioma cohort check-inputs`` and the workflow step that
 reads the broken input (``cohort labels`` for tables, ``preprocess subject`` for images), and asserts for each a
-non-zero exit, a message that names the site, the subject (where one applies), the file and a ``Fix:``, and
-that no file (output or temporary sibling) was left behind. :data:`ACCEPTED` lists inputs that look odd but are
+non-zero exit, a message that names the file, the site and the subject (where they apply: a config.yaml key
+has neither) and a ``Fix:``, and that no file (output or temporary sibling) was left behind. :data:`ACCEPTED` lists inputs that look odd but are
 legal (a byte-order mark, semicolons, left-handed affines): they pass.
 """
 
