@@ -141,7 +141,8 @@ def test_unknown_space_names_the_known_ones(tmp_path) -> None:
         Declared(space="Talairach")
     tsv = tmp_path / "sites.tsv"
     tsv.write_text("site\trole\tpath\tspace\nA\ttrain\ta\tTalairach\nX\texternal\tx\tnative\n")
-    with pytest.raises(ConfigError, match="space.*'Talairach' is not one of \\['native', 'MNI152', 'SRI24'\\]"):
+    with pytest.raises(InputError, match="site A, .*row 2, column space: 'Talairach' is not one of \\['native', "
+                       "'MNI152', 'SRI24'\\]. Fix: use one of native, MNI152, SRI24"):
         load_sites(tsv)
 
 

@@ -3,15 +3,7 @@
 
 import logging
 
-from snakemake.utils import validate
-
-from fedglioma.config import (
-    SCHEMA_DIR,
-    check_site_table,
-    layout_options as site_layout_options,
-    read_sites_table,
-    site_row,
-)
+from fedglioma.config import layout_options as site_layout_options, load_sites
 from fedglioma.federated.attacks import check_attack_site
 from fedglioma.predict.bundle import bundle_path
 from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
@@ -23,12 +15,8 @@ from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 _config = validate_config(config, files=workflow.configfiles)
 config.update(_config.model_dump(mode="json"))
 
-_sites_table = read_sites_table(config["sites"])
-validate(_sites_table, schema=str(SCHEMA_DIR / "sites.schema.yaml"))
-SITE_ROWS = {
-    rec["site"]: site_row(rec) for rec in _sites_table.to_dict(orient="records")
-}
-check_site_table(list(SITE_ROWS.values()), file=config["sites"])
+# sites.tsv against schemas/sites.schema.yaml: every problem of every row at once (fedglioma.config.load_sites)
+SITE_ROWS = {row.site: row for row in load_sites(config["sites"])}
 
 SITES = list(SITE_ROWS)
 TRAIN_SITES = [s for s, r in SITE_ROWS.items() if r.role == "train"]

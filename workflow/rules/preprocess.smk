@@ -55,6 +55,7 @@ rule preprocess_subject:
         preprocess_cfg=config["preprocess"],
         qc_cfg=config["qc"],
         layouts_cfg=config["layouts"],
+        inputs_cfg=config["inputs"],
     script:
         "../scripts/step.py"
 

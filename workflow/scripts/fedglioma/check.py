@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.config import SiteRow
-from fedglioma.constants import MODALITIES, TASKS
+from fedglioma.constants import MAX_IMAGE_MB, MODALITIES, TASKS
 from fedglioma.declared import Declared
-from fedglioma.errors import InputError
+from fedglioma.errors import InputError, InputErrors
 from fedglioma.io.clinical import harmonise, read_table, site_mapping
 from fedglioma.io.layouts import Subject, discover
 from fedglioma.io.nifti import check_same_grid, load_nifti
@@ -39,8 +39,10 @@ def check_seg_values(data: np.ndarray, tumour_labels: Sequence[int], *, site: st
     whole_tumour(data, tumour_labels, non_tumour_labels=non_tumour_labels, site=site, subject=subject, file=file)
 
 def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels: bool = True,
-                        non_tumour_labels: Sequence[int] = (), declared: Declared | None = None) -> list[InputError]:
-    """Open every file of a subject; return the problems (never raises InputError).
+                        non_tumour_labels: Sequence[int] = (), declared: Declared | None = None,
+                        max_image_mb: float = MAX_IMAGE_MB) -> list[InputError]:
+    """Open every file of a subject; return the problems (never raises InputError). An image whose header
+    declares more than ``max_image_mb`` MiB of voxels is refused before its data are read.
 
     With ``read_voxels`` the site's declaration is checked as the import step checks it
     (:func:`fedglioma.preprocess.site_checks.check_declared`: template grid, no skull when declared skull-stripped).
@@ -50,7 +52,8 @@ def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels
     imgs = {}
     for mod in MODALITIES:
         try:
-            img = load_nifti(s.images[mod], site=s.site, subject=s.subject, load_data=read_voxels)
+            img = load_nifti(s.images[mod], site=s.site, subject=s.subject, load_data=read_voxels,
+                             max_mb=max_image_mb)
             imgs[mod] = img
             if mod == "T1c":
                 ref = img
@@ -64,7 +67,8 @@ def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels
             problems.append(e)
     if s.seg is not None:
         try:
-            seg = load_nifti(s.seg, site=s.site, subject=s.subject, load_data=read_voxels, allow_empty=True)
+            seg = load_nifti(s.seg, site=s.site, subject=s.subject, load_data=read_voxels, allow_empty=True,
+                             max_mb=max_image_mb)
             if ref is not None:
                 check_same_grid(ref, seg, site=s.site, subject=s.subject, file=s.seg, what="segmentation")
             if read_voxels:
@@ -76,8 +80,9 @@ def check_subject_files(s: Subject, tumour_labels: Sequence[int], *, read_voxels
 
 
 def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, read_voxels: bool = True,
-               layout_options: Mapping[str, Any] | None = None) -> SiteCheck:
-    """Check one site: folder layout, every image, the clinical table, and their agreement."""
+               layout_options: Mapping[str, Any] | None = None, max_image_mb: float = MAX_IMAGE_MB) -> SiteCheck:
+    """Check one site: folder layout, every image (none over ``max_image_mb``, config ``inputs.max_image_mb``),
+    the clinical table, and their agreement."""
     out = SiteCheck(row)
     try:
         found = discover(row.path, row.layout, row.site, **dict(layout_options or {}))
@@ -90,7 +95,8 @@ def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, r
                                        fix="check the path and layout columns of sites.tsv"))
     for s in found.subjects:
         bad = check_subject_files(s, row.tumour_labels, read_voxels=read_voxels,
-                                  non_tumour_labels=row.non_tumour_labels, declared=row.declared)
+                                  non_tumour_labels=row.non_tumour_labels, declared=row.declared,
+                                  max_image_mb=max_image_mb)
         out.problems.extend(bad)
         if not bad:
             out.subjects.append(s)
@@ -106,7 +112,7 @@ def check_site(row: SiteRow, clinical_cfg: Mapping[str, Any] | None = None, *, r
                                                    fix="add the subject's images or remove the row"))
             out.labels = labels
         except InputError as e:
-            out.problems.append(e)
+            out.problems.extend(e.problems if isinstance(e, InputErrors) else [e])
     return out
 
 

@@ -1,13 +1,14 @@
 """Loading and validating ``sites.tsv`` (``config.yaml`` is :mod:`fedglioma.settings`).
 
-The workflow validates the table with Snakemake's ``validate`` and the same schema, shipped inside the package
-in ``fedglioma/schemas/`` (:data:`SCHEMA_DIR`); the command line uses :func:`load_sites`, which applies the
-schema defaults the same way.
+The schema ``schemas/sites.schema.yaml`` (package data, :data:`SCHEMA_DIR`) defines the table's columns, their
+values and defaults; :func:`load_sites` (the workflow's ``common.smk`` and every command) validates every row
+against it and lists every problem of every row at once, each with its row, column, site and fix.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 import yaml
 
 from fedglioma.declared import Declared
-from fedglioma.errors import ConfigError, InputError
+from fedglioma.errors import InputError, raise_all
 from fedglioma.io.layouts import DEFAULT_NON_TUMOUR_LABELS, DEFAULT_TUMOUR_LABELS
 
 #: The JSON schemas (YAML) of ``sites.tsv`` and (generated, for editors and tools) ``config.yaml``: package data.
@@ -35,18 +36,6 @@ def _fill_defaults(obj: dict[str, Any], schema: Mapping[str, Any]) -> None:
             obj[key] = copy.deepcopy(sub["default"])
         if isinstance(obj.get(key), dict) and sub.get("type") == "object":
             _fill_defaults(obj[key], sub)
-
-
-def validate(obj: dict[str, Any], schema_name: str, *, what: str) -> dict[str, Any]:
-    """Fill schema defaults into a copy of ``obj`` and validate it; raise :class:`ConfigError`."""
-    schema = _schema(schema_name)
-    out = copy.deepcopy(obj)
-    _fill_defaults(out, schema)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(out), key=lambda e: list(e.path))
-    if errors:
-        msgs = [f"{what}: {'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors]
-        raise ConfigError("\n".join(msgs))
-    return out
 
 
 @dataclass(frozen=True)
@@ -107,40 +96,101 @@ def read_sites_table(path: str | Path) -> pd.DataFrame:
     """Read ``sites.tsv`` as strings (empty cells as empty strings)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"sites table not found: {p}")
-    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    return df
+        raise InputError("sites table not found", file=p, fix="check the `sites` key of config.yaml (or --sites)")
+    try:
+        return pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment="#", encoding="utf-8-sig")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot be read as a tab-separated table ({exc})", file=p,
+                         fix="save it as UTF-8 text, tab-separated, one row per site") from exc
 
 
-def check_site_table(rows: list[SiteRow], *, file: str | Path) -> None:
-    """Cross-row rules: unique IDs; a study has at least one training site and exactly one external site; a table
-    of ``predict`` sites only needs neither."""
-    ids = [r.site for r in rows]
-    dups = sorted({s for s in ids if ids.count(s) > 1})
-    if dups:
-        raise InputError(f"duplicated site IDs {dups}", file=file, fix="give every site a unique ID")
-    n_ext = sum(r.is_external for r in rows)
+def _schema_fix(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> str:
+    """What to do about one schema error of a ``sites.tsv`` row, from the schema itself (choices, descriptions)."""
+    column = str(error.path[0]) if error.path else ""
+    prop = (schema.get("properties") or {}).get(column, {})
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"add the column(s) {', '.join(missing)} and fill them in"
+    if error.validator == "enum":
+        return f"use one of {', '.join(map(str, error.validator_value))} in the {column} column"
+    return f"correct the {column} column: {prop.get('description', '')}".rstrip(": ")
+
+
+def site_table_problems(df: pd.DataFrame, *, file: str | Path) -> tuple[list[SiteRow], list[InputError]]:
+    """Every row of a ``sites.tsv`` table validated against ``schemas/sites.schema.yaml`` (defaults applied), and
+    the cross-row rules (:func:`check_site_table`): the rows that are valid and every problem, each naming the
+    row, column, site (where the row's ID is valid) and fix."""
+    import difflib
+
+    schema = _schema("sites.schema.yaml")
+    known = list(schema.get("properties") or {})
+    problems: list[InputError] = []
+    unknown = [c for c in df.columns if c not in known]
+    for col in unknown:
+        close = difflib.get_close_matches(str(col), known, n=1, cutoff=0.6)
+        problems.append(InputError(f"unknown column {col!r}", file=file,
+                                   fix=(f"rename it to {close[0]}" if close else "remove it") +
+                                   f" (the columns are {', '.join(known)})"))
+    validator = jsonschema.Draft202012Validator(schema)
+    id_rx = re.compile(str(schema["properties"]["site"]["pattern"]))
+    rows: list[SiteRow] = []
+    for i, rec in enumerate(df.drop(columns=unknown).to_dict(orient="records")):
+        rec = {k: v for k, v in rec.items() if v != "" or k == "path"}
+        _fill_defaults(rec, schema)
+        site = str(rec.get("site", ""))
+        errors = sorted(validator.iter_errors(rec), key=lambda e: list(e.path))
+        for e in errors:
+            column = f", column {e.path[0]}" if e.path else ""
+            problems.append(InputError(f"row {i + 2}{column}: {e.message}", site=site if id_rx.match(site) else None,
+                                       file=file, fix=_schema_fix(e, schema)))
+        if not errors:
+            rows.append(site_row(rec))
+    if not problems:
+        problems.extend(site_table_rule_problems(rows, file=file))
+    return rows, problems
+
+
+def site_table_rule_problems(rows: list[SiteRow], *, file: str | Path) -> list[InputError]:
+    """Cross-row rules, every broken one: unique IDs (also after case folding: site folders and file names must
+    not differ in case only); a study has at least one training site and exactly one external site; a table of
+    ``predict`` sites only needs neither."""
+    problems: list[InputError] = []
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r.site.casefold(), []).append(r.site)
+    for ids in groups.values():
+        if len(ids) > 1:
+            how = "duplicated" if len(set(ids)) == 1 else "equal after case folding"
+            problems.append(InputError(f"site IDs {ids} are {how}", file=file,
+                                       fix="give every site a unique ID (not only differing in case)"))
+    external = [r.site for r in rows if r.is_external]
+    n_ext = len(external)
     n_train = sum(r.role == "train" for r in rows)
     if n_train == 0 and any(r.role == "predict" for r in rows):
         if n_ext:
-            raise InputError("an external site without training sites", file=file,
-                             fix="a table of predict sites only predicts with a bundle; add the training sites or "
-                             "drop the external row")
-        return  # prediction only, with a bundle from elsewhere
+            problems.append(InputError("an external site without training sites", site=external[0], file=file,
+                                       fix="a table of predict sites only predicts with a bundle; add the training "
+                                       "sites or drop the external row"))
+        return problems  # prediction only, with a bundle from elsewhere
     if n_ext != 1:
-        raise InputError(f"{n_ext} external sites; exactly one is required", file=file, fix="set role=external on one row")
+        named = f" ({', '.join(f'site {s}' for s in external)})" if external else ""
+        problems.append(InputError(f"{n_ext} external sites{named}; exactly one is required", file=file,
+                                   fix="set role=external on one row" + (" and role=train on the others"
+                                                                        if n_ext > 1 else "")))
     if n_train == 0:
-        raise InputError("no training site", file=file, fix="set role=train on the training sites")
+        problems.append(InputError("no training site", file=file, fix="set role=train on the training sites"))
+    return problems
+
+
+def check_site_table(rows: list[SiteRow], *, file: str | Path) -> None:
+    """Raise every broken cross-row rule of :func:`site_table_rule_problems` at once."""
+    raise_all(site_table_rule_problems(rows, file=file))
 
 
 def load_sites(path: str | Path) -> list[SiteRow]:
-    """Read, validate and check ``sites.tsv``."""
-    df = read_sites_table(path)
-    rows = []
-    for i, rec in enumerate(df.to_dict(orient="records")):
-        rec = {k: v for k, v in rec.items() if v != "" or k == "path"}
-        rows.append(site_row(validate(rec, "sites.schema.yaml", what=f"{path} row {i + 2}")))
-    check_site_table(rows, file=path)
+    """Read, validate and check ``sites.tsv``: every problem of every row at once (:class:`InputErrors`)."""
+    rows, problems = site_table_problems(read_sites_table(path), file=path)
+    raise_all(problems)
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -44,6 +45,39 @@ class InputError(FedgliomaError):
         if self.fix:
             text += f". Fix: {self.fix}"
         return text
+
+
+class InputErrors(InputError):
+    """Several input problems found together (every row of a table, every subject of a site), listed one a line.
+
+    ``problems`` holds each one (an :class:`InputError` naming its own site, subject, file and fix), so a check
+    that collects problems (``fedglioma cohort check-inputs``) lists them one by one.
+
+    >>> e = InputErrors([InputError("a", site="A", fix="x"), InputError("b", site="B", fix="y")])
+    >>> print(e)
+    2 problems:
+      - site A: a. Fix: x
+      - site B: b. Fix: y
+    """
+
+    def __init__(self, problems: Sequence[InputError]) -> None:
+        self.problems = [q for p in problems for q in (p.problems if isinstance(p, InputErrors) else [p])]
+        if not self.problems:
+            raise ValueError("InputErrors needs at least one problem")
+        super().__init__("; ".join(p.problem for p in self.problems))
+
+    def _format(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        return f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+def raise_all(problems: Sequence[InputError]) -> None:
+    """Raise the problems found (one :class:`InputError`, or :class:`InputErrors` for several); none: return."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputErrors(problems)
 
 
 class ConfigError(FedgliomaError):

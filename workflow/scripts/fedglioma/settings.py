@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from fedglioma.constants import MODALITIES
+from fedglioma.constants import MAX_IMAGE_MB, MODALITIES
 from fedglioma.errors import ConfigError
 
 #: Where the subcommands read the configuration unless ``--config`` says otherwise.
@@ -109,6 +109,9 @@ class InputsConfig(Section):
     on_problem: Literal["error", "skip"] = Field(
         "error", description="`error` stops before any job runs and lists every problem; `skip` leaves the subject "
         "out with a warning.")
+    max_image_mb: PositiveFloat = Field(
+        MAX_IMAGE_MB, description="Largest image (MiB of voxel data, shape x data type from the NIfTI header) that "
+        "is loaded; a larger one is refused from its header, before its data are read.")
 
 
 class NnunetLayoutConfig(Section):
@@ -634,22 +637,44 @@ def _path(loc: Sequence[int | str], data: Any) -> str:
     return ".".join(keys).replace(".[", "[")
 
 
-def _error(exc: ValidationError, data: Any, *, what: str, prefix: str = "") -> ConfigError:
-    """One line per problem: ``<what>: <key path>: <message>``."""
+def _known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The keys the section at ``loc[:-1]`` inside ``model`` knows (of every model a union there may hold)."""
+    models = [model]
+    for item in loc[:-1]:
+        inner = [m for m in models if isinstance(item, str) and item in m.model_fields]
+        if inner:
+            models = [sub for m in inner for sub in _models(m.model_fields[str(item)].annotation)] or models
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _fix(error: Mapping[str, Any], model: type[BaseModel], key: str) -> str:
+    """What to do about one validation error: an unknown key names the closest known ones."""
+    import difflib
+
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(model, error["loc"])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known keys here: {', '.join(known)}"
+        return f"remove {key} or correct its spelling ({hint})"
+    return f"give {key} a value as config/README.md describes it"
+
+
+def _error(exc: ValidationError, data: Any, *, model: type[BaseModel], what: str, prefix: str = "") -> ConfigError:
+    """One line per problem, every problem at once: ``<what>: <key path>: <message>. Fix: <what to do>``."""
     lines = []
     for e in exc.errors(include_url=False):
         key = f"{prefix}{_path(e['loc'], data)}".rstrip(".") or "(top)"
-        lines.append(f"{what}: {key}: {e['msg'][0].lower()}{e['msg'][1:]}")
+        lines.append(f"{what}: {key}: {e['msg'][0].lower()}{e['msg'][1:]}. Fix: {_fix(e, model, key)}")
     return ConfigError("\n".join(dict.fromkeys(lines)))
 
 
 def parse(model: type[M], data: Any, *, what: str, prefix: str = "") -> M:
     """``data`` validated as ``model`` (missing keys take their defaults); a problem raises :class:`ConfigError`
-    naming ``what`` and each key's path (``prefix`` + the path inside ``data``)."""
+    naming ``what`` and, one a line, every key at fault (``prefix`` + the path inside ``data``) with its fix."""
     try:
         return model.model_validate({} if data is None else data)
     except ValidationError as exc:
-        raise _error(exc, data, what=what, prefix=prefix) from None
+        raise _error(exc, data, what=what, prefix=prefix, model=model) from None
 
 
 def _shown(path: str | Path) -> str:

@@ -17,7 +17,8 @@ def _check_inputs(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.site in set(args.site)]
     checks = [
         check_site(r, config["clinical"], read_voxels=not args.quick,
-                   layout_options=layout_options(r, config["layouts"]))
+                   layout_options=layout_options(r, config["layouts"]),
+                   max_image_mb=config["inputs"]["max_image_mb"])
         for r in rows
     ]
     table = summary_table(checks)

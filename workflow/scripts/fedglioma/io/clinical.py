@@ -9,6 +9,8 @@ never imputed. An unknown spelling is an error naming the file, row and column.
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.constants import GRADES, TASKS
-from fedglioma.errors import InputError
+from fedglioma.errors import InputError, raise_all
 from fedglioma.settings import ClinicalConfig, ClinicalMapping, section
+
+log = logging.getLogger(__name__)
 
 MISSING = {"", "na", "n/a", "nan", "none", "unknown", "not available", "not assessed", "nos", "?", "-", "indeterminate",
            "n.d.", "nd", "not done", "not tested"}
@@ -85,14 +89,54 @@ def _code(task: str, raw: Any, mapping: ClinicalMapping) -> float | None:
     return SPELLINGS[task].get(low)
 
 
+#: Separators a clinical table may use: the one its suffix names (``,`` for ``.csv``, else a tab), or another
+#: one of these when the header holds only that one and every line splits into the header's number of fields.
+SEPARATORS = ("\t", ",", ";")
+_SEP_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon"}
+
+
+def table_separator(lines: list[str], expected: str, *, site: str, file: Path) -> str:
+    """The separator of a clinical table's ``lines``: ``expected`` when the header holds it; else the one other
+    separator of :data:`SEPARATORS` that the header holds and that splits every line alike (a European
+    spreadsheet's ``;``-separated CSV with decimal commas); no separator at all: ``expected`` (one column).
+    Anything else is ambiguous: :class:`InputError`."""
+    header = lines[0] if lines else ""
+    if expected in header:
+        return expected
+    found = [sep for sep in SEPARATORS if sep in header]
+    if not found:
+        return expected
+    n = header.count(found[0])
+    if len(found) == 1 and all(line.count(found[0]) == n for line in lines[1:] if line.strip()):
+        return found[0]
+    names = " and ".join(_SEP_NAMES[sep] for sep in found)
+    raise InputError(f"the separator is ambiguous: the header has no {_SEP_NAMES[expected]} but {names}, and not "
+                     "every row splits into the header's columns", site=site, file=file,
+                     fix=f"save it as {'CSV (comma-separated)' if expected == ',' else 'TSV (tab-separated)'} "
+                     "with one separator")
+
+
 def read_table(path: str | Path, *, site: str) -> pd.DataFrame:
-    """Read a clinical table (TSV, CSV or Excel-free plain text) with every cell as a string."""
+    """Read a clinical table (TSV, or CSV by its suffix) with every cell as a string.
+
+    The text must be UTF-8; a byte-order mark (Excel's "CSV UTF-8") is dropped.
+    A table without its suffix's separator is read with the other one it unambiguously uses
+    (:func:`table_separator`, e.g. ``;``), else refused.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError("clinical table not found", site=site, file=p, fix="check the clinical column of sites.tsv")
-    sep = "," if p.suffix.lower() == ".csv" else "\t"
     try:
-        return pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False)
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc})", site=site, file=p,
+                         fix="save it as UTF-8 TSV or CSV (e.g. Excel's \"CSV UTF-8\")") from exc
+    lines = text.splitlines()
+    sep = table_separator(lines, "," if p.suffix.lower() == ".csv" else "\t", site=site, file=p)
+    if sep != ("," if p.suffix.lower() == ".csv" else "\t"):
+        log.info("site %s: %s is %s-separated; read as such", site, p, _SEP_NAMES[sep])
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise InputError(f"clinical table cannot be parsed ({exc})", site=site, file=p, fix="save it as TSV or CSV") from exc
 
@@ -100,21 +144,22 @@ def read_table(path: str | Path, *, site: str) -> pd.DataFrame:
 def harmonise(table: pd.DataFrame, mapping: ClinicalMapping, *, site: str, file: str | Path) -> pd.DataFrame:
     """Map a raw clinical table to ``subject, idh, codeletion, mgmt, grade`` (float, NaN missing).
 
-    Raises :class:`InputError` listing every unknown spelling (file, row, column), an
-    absent ID column or a duplicated subject.
+    Raises :class:`InputError` (:class:`~fedglioma.errors.InputErrors` for several) naming every unknown
+    spelling (subject, file, row, column), an absent ID column or a duplicated subject.
     """
     if mapping.id_column not in table.columns:
         raise InputError(
             f"ID column {mapping.id_column!r} not found (columns: {', '.join(table.columns)})",
             site=site,
             file=file,
-            fix="set clinical.<site>.id_column in config.yaml",
+            fix=f"set clinical.sites.{site}.id_column (or clinical.default.id_column) in config.yaml",
         )
-    problems: list[str] = []
+    problems: list[InputError] = []
     out = pd.DataFrame({"subject": table[mapping.id_column].astype(str).str.strip()})
-    dup = out["subject"][out["subject"].duplicated()].unique().tolist()
-    if dup:
-        problems.append(f"duplicated subject IDs {dup}")
+    for sid in out["subject"][out["subject"].duplicated()].unique().tolist():
+        rows = [int(i) + 2 for i in np.flatnonzero(out["subject"] == sid)]
+        problems.append(InputError(f"rows {rows}: duplicated subject", site=site, subject=sid, file=file,
+                                   fix="keep one row per subject"))
     for task in TASKS:
         col = getattr(mapping.columns, task)
         if not col or col not in table.columns:
@@ -125,17 +170,15 @@ def harmonise(table: pd.DataFrame, mapping: ClinicalMapping, *, site: str, file:
             c = _code(task, raw, mapping)
             if c is None:
                 # row numbers as a spreadsheet shows them: header is row 1
-                problems.append(f"row {i + 2}, column {col!r}: unknown value {raw!r} for {task}")
+                problems.append(InputError(
+                    f"row {i + 2}, column {col!r}: unknown value {raw!r} for {task}", site=site,
+                    subject=out["subject"].iloc[i], file=file,
+                    fix=f"correct the value or add the spelling under clinical.sites.{site}.values.{task} in "
+                    "config.yaml"))
                 c = float("nan")
             coded.append(c)
         out[task] = np.asarray(coded, dtype=float)
-    if problems:
-        raise InputError(
-            "; ".join(problems),
-            site=site,
-            file=file,
-            fix="correct the values or add the spelling under clinical.sites.<site>.values in config.yaml",
-        )
+    raise_all(problems)
     return out
 
 

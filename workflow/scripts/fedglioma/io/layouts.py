@@ -151,7 +151,7 @@ def scan_upenn_gbm(root: Path, site: str, **_: object) -> Discovery:
     return _per_folder(
         root,
         site,
-        r"UPENN-GBM-\d+_\d+|[A-Za-z0-9_-]+",
+        r"(?!images_segm$)[^.].*",
         lambda n: n,
         {m: (lambda sid, s=s: f"{sid}_{s}") for m, s in names.items()},
         [_seg_in(lambda sid: f"{sid}_segm"), lambda _f, sid: _find(segm_dir, f"{sid}_segm") if segm_dir.is_dir() else None],
@@ -163,7 +163,7 @@ def scan_egd(root: Path, site: str, **_: object) -> Discovery:
     return _per_folder(
         root,
         site,
-        r"[A-Za-z0-9_-]+",
+        r"[^.].*",
         lambda n: n,
         {m: (lambda _sid, s=s: s) for m, s in names.items()},
         [_seg_in(lambda _sid: "MASK")],
@@ -235,8 +235,10 @@ DEFAULT_NON_TUMOUR_LABELS: dict[str, tuple[int, ...]] = {"brats2023": (4,)}
 def discover(root: str | Path, layout: str, site: str, **options: object) -> Discovery:
     """Scan a site folder in the given layout.
 
-    Problems (missing modalities, invalid IDs, duplicates) are collected, never raised,
-    except for an unknown layout or a missing folder.
+    Problems (missing modalities, invalid IDs, IDs equal after case folding, a file that is a link to outside
+    the site folder) are collected, never raised, except for an unknown layout or a missing folder.
+    In the EGD and UPenn-GBM layouts every folder not starting with ``.`` is a subject (one whose name is no
+    valid ID is reported, not skipped).
     """
     root = Path(root)
     if layout not in LAYOUTS:
@@ -251,7 +253,17 @@ def discover(root: str | Path, layout: str, site: str, **options: object) -> Dis
     rx = re.compile(ID_PATTERN)
     seen: dict[str, Subject] = {}
     kept: list[Subject] = []
+    inside = root.resolve()
     for s in found.subjects:
+        outside = [p for p in [*s.images.values(), *([s.seg] if s.seg else [])]
+                   if not p.resolve().is_relative_to(inside)]
+        if outside:
+            found.problems.extend(
+                InputError(f"resolves through a link to {p.resolve()}, outside the site folder {root}", site=site, subject=s.subject,
+                           file=p, fix="copy the file into the site folder (a site's jobs read only its own folder), "
+                           "or point the path column of sites.tsv at the folder that holds it")
+                for p in outside)
+            continue
         if not rx.fullmatch(s.subject):
             found.problems.append(
                 InputError(
@@ -263,18 +275,20 @@ def discover(root: str | Path, layout: str, site: str, **options: object) -> Dis
                 )
             )
             continue
-        if s.subject in seen:
+        first = seen.get(s.subject.casefold())
+        if first is not None:
             found.problems.append(
                 InputError(
-                    "duplicated subject ID",
+                    "duplicated subject ID" if first.subject == s.subject else f"subject ID equal to subject "
+                    f"{first.subject} after case folding (their files would collide on case-insensitive file systems)",
                     site=site,
                     subject=s.subject,
                     file=s.images["T1c"],
-                    fix=f"give it a unique ID (also found at {seen[s.subject].images['T1c']})",
+                    fix=f"give it a unique ID, not only differing in case (also found at {first.images['T1c']})",
                 )
             )
             continue
-        seen[s.subject] = s
+        seen[s.subject.casefold()] = s
         kept.append(s)
     found.subjects = kept
     return found

@@ -31,6 +31,7 @@ from typing import Any
 from fedglioma import __version__
 from fedglioma.atomic import dumps, write_json
 from fedglioma.config import SiteRow
+from fedglioma.constants import MAX_IMAGE_MB
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.files import read_json
@@ -134,7 +135,7 @@ def _file_facts(path: Path) -> list[Any]:
 
 def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: str, qc_png: str, qc_json: str, *,
                        preprocess_cfg: Mapping[str, Any], qc_cfg: Mapping[str, Any], layouts_cfg: Mapping[str, Any],
-                       template_transform: str | None = None) -> None:
+                       template_transform: str | None = None, inputs_cfg: Mapping[str, Any] | None = None) -> None:
     """Rule ``preprocess_subject`` / ``fedglioma preprocess subject``: one subject of site ``row``, from its raw
     images to the last step folder ``final`` (``sub-{subject}/06_normalise``; the other step folders lie beside
     it and are kept while unchanged), the training file, and the QC figure and row.
@@ -149,10 +150,12 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
         qc_cfg: the config's ``qc`` section.
         layouts_cfg: the config's ``layouts`` section (options of the site's layout).
         template_transform: folder of the template-to-template transform, for a site in another template space.
+        inputs_cfg: the config's ``inputs`` section (``max_image_mb``: the largest raw image loaded).
     """
     from fedglioma.config import layout_options
     from fedglioma.preprocess.grid import training_file
     from fedglioma.preprocess.qc import qc as qc_subject
+    from fedglioma.settings import InputsConfig, section
 
     out = SubjectOutputs(Path(final).parent, Path(npz), Path(grid), Path(qc_png), Path(qc_json))
     if out.final != Path(final):
@@ -161,7 +164,8 @@ def preprocess_subject(row: SiteRow, subject: str, final: str, npz: str, grid: s
     raw, seg = raw_files(row, subject, layout_options(row, layouts_cfg))
     run_chain(raw, seg, out.subject_dir, site=row.site, subject=subject, declared=row.declared,
               preprocess_cfg=preprocess_cfg, tumour_labels=row.tumour_labels,
-              non_tumour_labels=row.non_tumour_labels, template_transform=template_transform)
+              non_tumour_labels=row.non_tumour_labels, template_transform=template_transform,
+              max_image_mb=section(InputsConfig, inputs_cfg, "inputs").max_image_mb)
     training_file(out.final, out.npz, site=row.site, subject=subject, grid_json=out.grid,
                   **dict(preprocess_cfg.get("grid") or {}))
     qc_subject(out.subject_dir, out.qc_png, out.qc_json, thresholds=dict(qc_cfg.get("thresholds") or {}),
@@ -184,7 +188,7 @@ def require_transform(declared: Declared, preprocess_cfg: Mapping[str, Any], tem
 def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, site: str, subject: str,
               declared: Declared, preprocess_cfg: Mapping[str, Any], tumour_labels: Sequence[int] = (),
               non_tumour_labels: Sequence[int] = (), template_transform: str | Path | None = None,
-              on_step: Callable[[str, float], None] | None = None) -> Path:
+              on_step: Callable[[str, float], None] | None = None, max_image_mb: float = MAX_IMAGE_MB) -> Path:
     """The preprocessing chain of one subject from its raw files to ``subject_dir/06_normalise`` (returned).
 
     The one implementation of the chain: the workflow's subjects (:func:`preprocess_subject`) and new patients
@@ -199,6 +203,7 @@ def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, s
         tumour_labels, non_tumour_labels: label values of ``seg`` (whole tumour, not tumour).
         template_transform: folder of the template-to-template transform, for images in another template space.
         on_step: called with (step, seconds) after each step that ran (timings of `fedglioma predict`).
+        max_image_mb: largest raw image the import loads (config ``inputs.max_image_mb``).
     """
     from fedglioma.preprocess.importing import import_subject
     from fedglioma.preprocess.steps import run_step
@@ -231,7 +236,8 @@ def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, s
             start = time.perf_counter()
             if step == "import":
                 import_subject(raw, seg, tuple(tumour_labels), out_dir, site=site, subject=subject,
-                               non_tumour_labels=tuple(non_tumour_labels), declared=declared)
+                               non_tumour_labels=tuple(non_tumour_labels), declared=declared,
+                               max_image_mb=max_image_mb)
             else:
                 assert previous is not None
                 run_step(step, previous, out_dir, site=site, subject=subject, params=params, declared=declared,

@@ -16,7 +16,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
 from fedglioma.atomic import atomic_dir
-from fedglioma.constants import MODALITIES
+from fedglioma.constants import MAX_IMAGE_MB, MODALITIES
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.io.nifti import check_same_grid, load_nifti
@@ -181,6 +181,7 @@ def import_subject(
     subject: str,
     non_tumour_labels: Sequence[int] = (),
     declared: Declared | None = None,
+    max_image_mb: float = MAX_IMAGE_MB,
     **params: Any,
 ) -> None:
     """Import one subject: checked loading, FOV and label checks, reorientation to RAS canonical.
@@ -193,6 +194,7 @@ def import_subject(
         seg: label map on the T1c grid, or None.
         tumour_labels: label values forming the whole tumour.
         out_dir: step folder to write (atomically).
+        max_image_mb: largest image loaded (config ``inputs.max_image_mb``), checked from the header.
         params: :class:`~fedglioma.settings.ImportParams` (``fov_max_extent_diff``, ``fov_max_centre_mm``).
     """
     fov = parse(ImportParams, params, what="import parameters")
@@ -208,7 +210,7 @@ def import_subject(
         native: dict[str, Any] = {"reference": REFERENCE, "files": {}}
         for m in MODALITIES:
             path = Path(raw[m])
-            img = load_nifti(path, **ctx)
+            img = load_nifti(path, max_mb=max_image_mb, **ctx)
             forms = header_forms(img)
             for w in forms.pop("warnings"):
                 msg = f"{m} ({path.name}): {w}"
@@ -228,7 +230,7 @@ def import_subject(
                                         files={m: str(raw[m]) for m in MODALITIES}, reference=REFERENCE)
         tumour = None
         if seg is not None:
-            seg_img = load_nifti(seg, allow_empty=True, **ctx)
+            seg_img = load_nifti(seg, allow_empty=True, max_mb=max_image_mb, **ctx)
             check_same_grid(native_imgs[REFERENCE], seg_img, file=seg, what="segmentation", **ctx)
             wt = whole_tumour(np.asarray(seg_img.dataobj), tumour_labels, non_tumour_labels=non_tumour_labels,
                               file=seg, **ctx)
