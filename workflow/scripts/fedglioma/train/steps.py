@@ -133,7 +133,8 @@ def validate_site_round(global_model: str, training_set: str, labels: str, valid
     """The global model of round ``round`` on the site's validation split: site-aggregated ``validation`` JSON.
 
     With ``federated.site_local_patterns`` (FedBN) the site's own ``local_state`` of this round replaces those
-    parameters (the personalised model); otherwise ``local_state`` is not read.
+    parameters (the personalised model). With ``train.privacy`` on, the validation JSON records the site's spent
+    (epsilon, delta) from ``local_state``'s sidecar; otherwise ``local_state`` is not read.
     """
     from fedglioma.train.local import validate
 
@@ -142,7 +143,24 @@ def validate_site_round(global_model: str, training_set: str, labels: str, valid
     validate(global_model, read_training_set(training_set, site=site), labels, validation, site=site,
              round=round, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
              site_local_patterns=f.site_local_patterns or None,
-             endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
+             endpoints=section(Endpoints, endpoints_cfg, "endpoints"),
+             privacy=_spent_privacy(local_state, site=site, round=round) if t.privacy.enabled else None)
+
+
+def _spent_privacy(local_state: str | None, *, site: str, round: int) -> dict[str, Any]:
+    """The site's spent (epsilon, delta) after ``round``, from this round's ``local.json`` (train.privacy on)."""
+    from fedglioma.federated.exchange import read_sidecar
+    from fedglioma.train.privacy import public
+
+    if local_state is None:
+        raise ConfigError(f"site {site}, round {round}: train.privacy is on and validation records the spent "
+                          f"epsilon from the round's local.json. Fix: pass --local-state (the workflow always does)")
+    side = read_sidecar(local_state)
+    doc = public(side)
+    if doc is None or side.get("round") != round or side.get("site") != site:
+        raise InputError(f"holds no privacy record of site {site} round {round} (trained without DP?)", site=site,
+                         file=local_state, fix="rerun the site's local_train of this round with train.privacy on")
+    return doc
 
 
 def train_baseline_rounds(init: str, training_sets: Sequence[str], labels: Sequence[str], models: Sequence[str],
