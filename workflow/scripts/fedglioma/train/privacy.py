@@ -221,9 +221,7 @@ def site_key(path: str | Path) -> bytes:
     if not path.exists():
         with atomic_path(path) as tmp:
             tmp.write_text(secrets.token_hex(32) + "\n")
-            os.chmod(tmp, 0o600)
-            if path.exists():  # another job of the site made it meanwhile: keep that one
-                tmp.unlink()
+        os.chmod(path, 0o600)  # the site's secret: owner only
     try:
         key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:
@@ -249,8 +247,9 @@ def make_compatible(model: nn.Module) -> nn.Module:
     from opacus.validators import ModuleValidator
 
     for m in model.modules():
-        if hasattr(m, "inplace") and isinstance(m, nn.LeakyReLU | nn.ReLU):
+        if isinstance(m, nn.LeakyReLU | nn.ReLU):
             m.inplace = False
+    model.train()
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError(f"the network is not DP-compatible: {errors}. Fix: replace these layers "
