@@ -410,3 +410,30 @@ def test_report_says_when_the_federated_model_has_no_external_result(inputs: dic
     assert '<section id="roc">' not in page and '<section id="comparison">' in page
     text = headline_text(metrics)
     assert "not applicable" in text and "FedBN" in text
+
+
+def test_privacy_in_curves_and_report(tmp_path: Path) -> None:
+    """Under DP the training-curve table carries each site's spent epsilon per round, and the report's privacy
+    table each site's (epsilon, delta) after its last round; without DP there is no such table."""
+    from fedglioma.report.curves import curves_table
+    from fedglioma.report.steps import privacy_table
+
+    sidecars, metrics = [], []
+    for site in ("A", "B"):
+        for rnd in (1, 2):
+            priv = None if site == "B" else {"epsilon": 0.5 * rnd, "delta": 0.01, "noise_multiplier": 1.2,
+                                             "max_grad_norm": 1.0, "sample_rate": 0.5, "steps": 2 * rnd,
+                                             "accountant": "rdp"}
+            p = tmp_path / f"u-{site}-{rnd}.json"
+            p.write_text(json.dumps({"site": site, "round": rnd, "n_train": 4, "train_losses": None, "privacy": priv}))
+            sidecars.append(str(p))
+            v = tmp_path / f"v-{site}-{rnd}.json"
+            v.write_text(json.dumps({"site": site, "round": rnd, "metrics": {"loss": 1.0, "dice_mean": 0.5}}))
+            metrics.append(str(v))
+    t = curves_table(sidecars, metrics)
+    assert t[t.site == "A"]["epsilon"].tolist() == [0.5, 1.0] and t[t.site == "B"]["epsilon"].isna().all()
+    assert t["train_loss"].isna().all()
+    priv = privacy_table(t)
+    assert priv is not None and priv.to_dict("records") == [
+        {"site": "A", "rounds": 2, "ε": "1", "δ": "0.01", "noise multiplier": "1.2", "accountant": "rdp"}]
+    assert privacy_table(t.assign(epsilon=np.nan)) is None

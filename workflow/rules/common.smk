@@ -376,7 +376,7 @@ def get_report_inputs(wildcards):
         "qc": [f"results/sites/{s}/qc/qc_summary.json" for s in STUDY_SITES],
         "qc_examples": [f"results/sites/{s}/qc/site_example.png" for s in STUDY_SITES],
         "curves": "results/federated/training_curves.png",
-        "training": "results/federated/training_curves.tsv",
+        "curves_table": "results/federated/training_curves.tsv",
         **(
             {"comparison": f"results/sites/{EXTERNAL_SITE}/evaluation/comparison.tsv"}
             if len(get_models()) > 1

@@ -467,6 +467,47 @@ class TaskWeights(Section):
 LOSS_TERMS: tuple[str, ...] = tuple(TaskWeights.model_fields)
 
 
+class PrivacyConfig(Section):
+    """Patient-level differential privacy of local training (DP-SGD with Opacus; fedglioma.train.privacy).
+
+    One sample is one subject (patient); the guarantee is per site, over all local steps of all rounds of the
+    site's training split. The baselines train without it.
+    """
+
+    enabled: bool = Field(False, description="DP-SGD in local training (per-subject gradient clipping, Gaussian "
+                          "noise, Poisson sampling); off trains exactly as without this section.")
+    noise_multiplier: PositiveFloat | None = Field(
+        None, description="Noise standard deviation as a multiple of max_grad_norm (give this or target_epsilon).")
+    target_epsilon: PositiveFloat | None = Field(
+        None, description="Epsilon to reach after federated.rounds rounds: the noise multiplier is computed once for "
+        "the planned schedule (rounds x epochs_per_round x steps per epoch; give this or noise_multiplier).")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="Delta of the guarantee; must be below 1/n of the site's training split. "
+        "null: 1/(10 n) of each site.")
+    max_grad_norm: PositiveFloat = Field(1.0, description="Per-subject gradient clipping norm (replaces "
+                                         "train.grad_clip under DP).")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant that composes the steps: rdp "
+                                              "(Renyi DP) or prv (privacy random variables, tighter).")
+    epsilon_budget: PositiveFloat | None = Field(
+        None, description="Most epsilon a site may spend over all rounds; a round that would exceed it stops before "
+        "training. null: target_epsilon when given, else no limit.")
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> PrivacyConfig:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("give noise_multiplier or target_epsilon, not both")
+        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("enabled: give noise_multiplier or target_epsilon")
+        if (self.target_epsilon is not None and self.epsilon_budget is not None
+                and self.target_epsilon > self.epsilon_budget):
+            raise ValueError(f"target_epsilon {self.target_epsilon} exceeds epsilon_budget {self.epsilon_budget}")
+        return self
+
+    def budget(self) -> float | None:
+        """The epsilon a site may spend in all: ``epsilon_budget``, else ``target_epsilon``, else no limit."""
+        return self.epsilon_budget if self.epsilon_budget is not None else self.target_epsilon
+
+
 class TrainConfig(Section):
     """Site-local training settings (also used by the baselines)."""
 
@@ -487,6 +528,8 @@ class TrainConfig(Section):
         _from_bool("enabled"), json_schema_input_type=bool | AugmentConfig)] = Field(
         default_factory=AugmentConfig, description="Augmentation: true/false or a mapping of its options.")
     task_weights: TaskWeights = Field(default_factory=TaskWeights, description="Loss weight per task.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Patient-level differential privacy "
+                                   "of local training (DP-SGD).")
 
 
 #: Strategy names accepted in ``federated.strategy``.

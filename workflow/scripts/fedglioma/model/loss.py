@@ -94,3 +94,52 @@ class MultiTaskLoss(nn.Module):
             return None, terms
         total = sum((self.weights[k] * v for k, v in terms.items()), start=torch.zeros((), device=labels.device))
         return total, terms
+
+    def per_sample(
+        self,
+        out: Mapping[str, torch.Tensor],
+        tumour: torch.Tensor,
+        has_seg: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each subject's own loss, for per-sample gradients (DP-SGD, :mod:`fedglioma.train.privacy`).
+
+        Subject ``i`` gets ``l_i = sum_t w_t L_t(i)`` over the terms it has a label for (segmentation: its soft Dice
+        + its voxel-mean BCE; markers: its BCE or CE), 0 without any. Unlike :meth:`forward`, whose terms are means
+        over the labelled subjects of the batch (a normaliser that depends on the other subjects), ``l_i`` depends
+        on subject ``i`` alone, so ``sum_i l_i`` has per-subject gradients ``grad l_i``; the caller divides by a
+        fixed normaliser. Unlabelled rows are left out by row selection (no NaN reaches the graph).
+
+        Returns:
+            ``(losses, terms)``: ``losses`` ``(B,)``; ``terms`` the mean of each available term over its labelled
+            subjects (for logging, detached).
+        """
+        b = labels.shape[0]
+        losses = torch.zeros(b, device=labels.device)
+        terms: dict[str, torch.Tensor] = {}
+
+        def add(name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+            nonlocal losses
+            losses = losses.index_put((rows,), self.weights[name] * values, accumulate=True)
+            terms[name] = values.detach().mean()
+
+        if bool(has_seg.any()) and self.weights["seg"] > 0:
+            rows = torch.nonzero(has_seg).flatten()
+            logits, target = out["seg"][rows], tumour[rows]
+            p = torch.sigmoid(logits).flatten(1)
+            g = target.flatten(1)
+            dice = 1 - (2 * (p * g).sum(1) + 1e-5) / (p.sum(1) + g.sum(1) + 1e-5)
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+            add("seg", rows, dice + bce)
+        masks = label_masks(labels, self.endpoints)
+        for i, t in enumerate(TASKS):
+            m = masks[t]
+            if not bool(m.any()) or self.weights[t] == 0:
+                continue
+            rows = torch.nonzero(m).flatten()
+            if t == "grade":
+                values = F.cross_entropy(out[t][rows], labels[rows, i].long(), reduction="none")
+            else:
+                values = F.binary_cross_entropy_with_logits(out[t][rows], labels[rows, i], reduction="none")
+            add(t, rows, values)
+        return losses, terms

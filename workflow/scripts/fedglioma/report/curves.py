@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fedglioma.atomic import atomic_path
 from fedglioma.io.files import read_json
+
+#: The privacy columns of the table: what a site spent after the round (empty without DP).
+PRIVACY_COLUMNS = ("epsilon", "delta", "noise_multiplier", "accountant")
+
+
+def _privacy(doc: Any) -> dict[str, Any]:
+    doc = doc if isinstance(doc, dict) else {}
+    return {k: doc.get(k, "" if k == "accountant" else np.nan) for k in PRIVACY_COLUMNS}
 
 
 def _participation(rounds: Sequence[str]) -> dict[tuple[str, int], tuple[str, str]]:
@@ -29,7 +38,8 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
     """One row per site and round from the update sidecars, validation JSONs and (``rounds``) the global models'
     sidecars (site-aggregated values only). ``status`` says whether the site's update went into the round's model
     (``aggregated``, ``clipped``) or why not (``failed`` at the site, ``refused`` by a check, ``norm`` bound);
-    ``note`` holds the reason or clip scale."""
+    ``note`` holds the reason or clip scale. The site's spent privacy after the round (:data:`PRIVACY_COLUMNS`,
+    empty without DP); ``train_loss`` is empty under DP (not sent)."""
     rows = []
     val = {(d["site"], d["round"]): d for d in (read_json(p, what="validation result") for p in metrics)}
     taken = _participation(rounds)
@@ -37,7 +47,7 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
         site, rnd = side["site"], side["round"]
         v = val.get((site, rnd), {}).get("metrics") or {}
         aucs = [a for a in (v.get("auc") or {}).values() if a is not None]
-        losses = side.get("train_losses") or side.get("metrics", {}).get("train_losses") or []
+        losses = side.get("train_losses") or (side.get("metrics") or {}).get("train_losses") or []
         default = ("failed", str(side.get("reason", ""))) if side.get("status") == "failed" else ("", "")
         status, note = taken.get((site, rnd), default)
         rows.append({
@@ -50,6 +60,7 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
             "val_auc_mean": float(np.mean(aucs)) if aucs else np.nan,
             "status": status,
             "note": note,
+            **_privacy(side.get("privacy")),
         })
     return pd.DataFrame(rows).sort_values(["site", "round"])
 

@@ -383,6 +383,7 @@ def report_context(
     provenance: Mapping[str, Any],
     synthetic: bool | None = None,
     title: str = "fedglioma: federated glioma MRI, external evaluation",
+    privacy: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, as data (arguments as for :func:`build_report`; images are read here, so a
     missing one is an :class:`~fedglioma.errors.InputError` before anything is written).
@@ -390,7 +391,8 @@ def report_context(
     Keys: ``title``, ``site``, ``synthetic_banner`` (None unless synthetic), ``sections`` (ids in page order),
     ``not_applicable``, ``n_boot``, ``seed``, ``evaluation`` (:func:`_evaluation`; None when the external
     evaluation is not applicable), ``cohort_table``, ``comparison_table`` (tables as HTML, None when empty or not
-    given), ``qc_figures``, ``training_figure``, ``other_figures`` (:class:`Figure` s), ``provenance_rows``
+    given), ``privacy_table`` (each training site's spent (epsilon, delta); None without DP), ``qc_figures``,
+    ``training_figure``, ``other_figures`` (:class:`Figure` s), ``provenance_rows``
     ((label, value) pairs) and ``provenance_blocks`` (:class:`ProvenanceBlock` s).
     """
     synthetic = _is_synthetic(provenance) if synthetic is None else synthetic
@@ -420,6 +422,7 @@ def report_context(
             training_curves, "Loss, validation Dice and mean validation AUC per site and round", name="training curves"
         ),
         "participation": participation(training),
+        "privacy_table": None if privacy is None else _table_html(privacy, extra_class="nowrap"),
         "comparison_table": None
         if comparison is None or comparison.empty
         else _table_html(_comparison_display(comparison), extra_class="nowrap"),
@@ -504,6 +507,7 @@ def build_report(
     provenance: Mapping[str, Any],
     synthetic: bool | None = None,
     title: str = "fedglioma: federated glioma MRI, external evaluation",
+    privacy: pd.DataFrame | None = None,
 ) -> None:
     """Write the standalone report to ``out_html`` (atomically).
 
@@ -531,5 +535,6 @@ def build_report(
         provenance=provenance,
         synthetic=synthetic,
         title=title,
+        privacy=privacy,
     )
     write_text(out_html, render_report(context))

@@ -45,10 +45,28 @@ def provenance(config: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str,
             "synthetic": bool(config.get("demo", {}).get("enabled"))}
 
 
+def privacy_table(curves: pd.DataFrame) -> pd.DataFrame | None:
+    """Per training site, the privacy spent after its last trained round (from the training-curve table): site,
+    rounds, epsilon, delta, noise multiplier, accountant. None when no site trained with DP."""
+    if "epsilon" not in curves.columns:
+        return None
+    eps = pd.to_numeric(curves["epsilon"], errors="coerce")
+    d = curves.assign(epsilon=eps)[eps.notna()]
+    if d.empty:
+        return None
+    rows = []
+    for site, g in d.groupby("site", sort=True):
+        last = g.loc[pd.to_numeric(g["round"]).idxmax()]
+        rows.append({"site": site, "rounds": len(g), "ε": f"{float(last['epsilon']):.3g}",
+                     "δ": f"{float(last['delta']):.2g}", "noise multiplier": f"{float(last['noise_multiplier']):.3g}",
+                     "accountant": last["accountant"]})
+    return pd.DataFrame(rows)
+
+
 def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequence[str], qc: Sequence[str],
                  qc_examples: Sequence[str], curves: str, html: str, headline: str, *, config: Mapping[str, Any],
                  external: str, sites: Sequence[str], models: Sequence[str], comparison: str | None = None,
-                 demo_examples: Sequence[str] = (), training: str | None = None) -> None:
+                 demo_examples: Sequence[str] = (), curves_table: str | None = None) -> None:
     """Rule ``report`` / ``fedglioma report html``: the standalone HTML report from site-aggregated results only,
     and the external site's headline metrics (``headline``, the federated model's ``metrics.json``).
 
@@ -66,7 +84,8 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         models: the evaluated models (``federated``, ``centralized``, ``local-<site>``).
         comparison: the comparison table (``fedglioma evaluate compare``), with more than one model.
         demo_examples: one synthetic subject's figure per site (demo only).
-        training: the training-curves table (``training_curves.tsv``): who took part in each round.
+        curves_table: the training-curve table (``training_curves.tsv``): who took part in each round, and each
+            site's spent (epsilon, delta) under DP (:func:`privacy_table`).
     """
     from fedglioma.report.html import build_report
 
@@ -84,6 +103,7 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
             figure_files[png.stem] = png
     for site, png in zip(sites, demo_examples, strict=False):
         figure_files[f"synthetic subject, site {site}"] = Path(png)
+    table = read_tsv(curves_table, what="training-curve table") if curves_table else None
     build_report(
         Path(html),
         cohort=[read_json(p, what="site cohort summary") for p in cohort],
@@ -91,10 +111,11 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         qc_flagged={q["site"]: q["n_flagged"] for q in qc_docs},
         qc_images=dict(zip(sites, map(Path, qc_examples), strict=True)),
         training_curves=Path(curves),
-        training=read_tsv(training, what="training-curves table") if training else None,
+        training=table,
         metrics=fed,
         comparison=read_tsv(comparison, what="comparison table") if comparison else None,
         figures=figure_files,
         provenance=provenance(config, fed.get("model", {})),
+        privacy=privacy_table(table) if table is not None else None,
     )
     write_json(headline, fed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from fedglioma.train.metrics import (
 )
 from fedglioma.train.schedule import lr_for_round
 from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device
+
+if TYPE_CHECKING:
+    from fedglioma.train.privacy import PrivateTraining
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +263,16 @@ def fit_epochs(
     anchors: Mapping[str, torch.Tensor] | None = None,
     mu: float = 0.0,
     amp: bool = False,
+    dp: PrivateTraining | None = None,
 ) -> tuple[list[float | None], list[dict[str, float]]]:
     """Train ``model`` for ``epochs`` (default ``train_cfg.epochs_per_round``) epochs on ``train_ds``.
 
     The one training loop of the package: federated local training and the baselines both run it. Each epoch's
     order and augmentation come from ``generator(train_cfg.seed, "epoch", *seed_key, epoch)`` (epochs numbered
     from ``first_epoch``). With ``anchors`` and ``mu > 0`` the FedProx term ``mu/2 * ||w - anchor||^2`` is added.
+    With ``dp`` (:class:`fedglioma.train.privacy.PrivateTraining`) each step is a DP-SGD step instead: Poisson
+    batches from the site's secret generator, every subject's own loss, per-subject clipping and noise
+    (``train.grad_clip`` is not applied; the FedProx gradient is added after the noise).
 
     Returns:
         per epoch, the mean total loss over steps (``None`` when no batch had a label) and the mean of each term.
@@ -279,17 +286,33 @@ def fit_epochs(
     for epoch in range(first_epoch, first_epoch + (train_cfg.epochs_per_round if epochs is None else epochs)):
         model.train()
         gen = generator(train_cfg.seed, "epoch", *seed_key, epoch)
-        order = torch.randperm(n, generator=gen).tolist()
+        if dp is None:
+            order = torch.randperm(n, generator=gen).tolist()
+            batches = [order[start : start + bs] for start in range(0, n, bs)]
+        else:
+            batches = dp.epoch_batches()
         sums: dict[str, float] = {}
         steps = 0
         total_sum = 0.0
-        for start in range(0, n, bs):
-            batch = collate([train_ds[i] for i in order[start : start + bs]], site=site)
+        for idx in batches:
+            if dp is not None and not idx:  # an empty Poisson batch: a step of noise only
+                dp.step(None, None, _prox_grad(params, anchors, mu))
+                steps += 1
+                continue
+            batch = collate([train_ds[i] for i in idx], site=site)
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             batch = augment_batch(batch, train_cfg.augment, gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(batch["image"])
+                out = (model if dp is None else dp.module)(batch["image"])
             out = {k: v.float() for k, v in out.items()}
+            if dp is not None:
+                losses, terms = loss_fn.per_sample(out, batch["tumour"], batch["has_seg"], batch["labels"])
+                dp.step(losses, out, _prox_grad(params, anchors, mu))
+                steps += 1
+                total_sum += losses.sum().item() / dp.plan.expected_batch_size
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                continue
             loss, terms = loss_fn(out, batch["tumour"], batch["has_seg"], batch["labels"])
             if loss is None:
                 continue
@@ -312,6 +335,21 @@ def fit_epochs(
     return epoch_losses, epoch_terms
 
 
+def _prox_grad(params: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor] | None,
+               mu: float) -> Any:
+    """Under DP, FedProx's gradient ``mu (w - anchor)`` (data-independent) added after the noise; None without."""
+    if not anchors or mu <= 0:
+        return None
+
+    def add() -> None:
+        with torch.no_grad():
+            for k, a in anchors.items():
+                p = params[k]
+                p.grad = mu * (p - a) if p.grad is None else p.grad.add_(p - a, alpha=mu)
+
+    return add
+
+
 def local_train(
     global_in: str | Path,
     npz_files: Sequence[str | Path],
@@ -328,6 +366,7 @@ def local_train(
     local_in: str | Path | None = None,
     local_out: str | Path | None = None,
     endpoints: Endpoints | None = None,
+    dp_key: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the global model of round ``round - 1`` on one site for ``train_cfg.epochs_per_round`` epochs.
 
@@ -349,14 +388,22 @@ def local_train(
         local_out: where to write this round's site-local parameters (required when
             ``site_local_patterns`` is not empty; an empty file otherwise).
         endpoints: which subjects count for each task (config ``endpoints``; default 1p/19q within IDH-mutant).
+        dp_key: with ``train.privacy.enabled``, the site's secret key of the DP randomness
+            (:func:`fedglioma.train.privacy.site_key`; default ``dp_noise.key`` two folders above ``update_out``,
+            i.e. ``results/sites/{site}/federated/``).
 
     Returns:
-        the update's sidecar: ``round``, ``site``, ``n_train``, ``n_val``, ``train_losses`` (per epoch),
-        ``train_loss_terms``, ``validation`` (site-aggregated metrics of the trained model), ``sha256``.
+        the update's sidecar: ``round``, ``site``, ``n_train``, ``n_val``, ``train_losses`` (per epoch; ``None``
+        under DP, kept in ``local.json``), ``train_loss_terms``, ``validation`` (site-aggregated metrics of the
+        trained model), ``privacy`` (:func:`fedglioma.train.privacy.PrivacyPlan.public`, ``None`` without DP),
+        ``sha256``.
     """
     patterns = strategy_cfg.site_local_patterns
     if patterns and local_out is None:
         raise ConfigError("federated.site_local_patterns is set: local_train needs local_out (local.safetensors)")
+    privacy = train_cfg.privacy
+    if privacy.enabled and local_out is None:
+        raise ConfigError("train.privacy is on: local_train needs local_out (local.json keeps the privacy history)")
     device = pick_device()
     amp = bool(train_cfg.amp and device.type == "cuda")
     seed = derive_seed(train_cfg.seed, "local_train", site, round)
@@ -374,10 +421,26 @@ def local_train(
         }
         lr = lr_for_round(train_cfg, round, strategy_cfg.rounds)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
+        dp, plan = None, None
+        if privacy.enabled:
+            from fedglioma.train import privacy as dpriv
+
+            history = dpriv.read_history(local_in, site=site, round=round)
+            plan = dpriv.plan_round(privacy, train_cfg, n=len(train_ds), rounds=strategy_cfg.rounds, round=round,
+                                    site=site, history=history)
+            key = dpriv.site_key(dp_key if dp_key is not None else Path(update_out).parent.parent / dpriv.KEY_NAME)
+            dp = dpriv.PrivateTraining(model, opt, plan, key=key, site=site, round=round, n=len(train_ds),
+                                       device=device)
         epoch_losses, epoch_terms = fit_epochs(
             model, train_ds, opt, loss_fn, train_cfg, device, seed_key=(site, round), log_as=f"site {site} round {round}",
-            anchors=anchors, mu=mu, amp=amp,
+            anchors=anchors, mu=mu, amp=amp, dp=dp,
         )
+        privacy_doc = None
+        if dp is not None and plan is not None:
+            dp.close()
+            privacy_doc = plan.public()
+            log.info("site %s round %d: DP epsilon %.4g at delta %.3g (%s, noise multiplier %.4g)", site, round,
+                     privacy_doc["epsilon"], plan.delta, plan.accountant, plan.noise_multiplier)
         n = len(train_ds)
         validation = evaluate_dataset(model, val_ds, loss_fn, device) if len(val_ds) else {"n_val": 0, "metrics": None}
         shared, local = split_params(model.state_dict(), patterns)
@@ -395,16 +458,22 @@ def local_train(
                 "mu": mu,
                 "epochs": train_cfg.epochs_per_round,
                 "lr": lr,
-                "train_losses": epoch_losses,
-                "train_loss_terms": epoch_terms,
+                # under DP the training losses stay at the site (local.json): they are not privatised
+                "train_losses": epoch_losses if dp is None else None,
+                "train_loss_terms": epoch_terms if dp is None else None,
                 "validation": validation["metrics"],
                 "model": model_cfg.model_dump(),
                 "device": device.type,
+                "privacy": privacy_doc,
             },
             sidecar_out=sidecar_out,
         )
         if local_out is not None:
-            save_params(local_out, local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns)})
+            local_side: dict[str, Any] = {"kind": "local", "round": round, "site": site, "patterns": list(patterns)}
+            if plan is not None and privacy_doc is not None:
+                local_side["privacy"] = {**privacy_doc, "history": [list(e) for e in plan.after()]}
+                local_side["train_losses"], local_side["train_loss_terms"] = epoch_losses, epoch_terms
+            save_params(local_out, local, local_side)
     return side
 
 
@@ -450,10 +519,13 @@ def validate(
     local_in: str | Path | None = None,
     site_local_patterns: Sequence[str] | None = None,
     endpoints: Endpoints | None = None,
+    privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the global model of ``round`` on the site's validation split; write :func:`validation_doc`.
 
     With ``local_in`` the site's own site-local parameters replace the global ones (the personalised model).
+    ``privacy``: the site's spent (epsilon, delta) after this round (:func:`fedglioma.train.privacy.public`),
+    recorded as ``privacy`` (``None`` without DP).
     """
     device = pick_device()
     with deterministic(derive_seed(train_cfg.seed, "validate", site, round), threads=threads, device=device):
@@ -461,6 +533,7 @@ def validate(
         doc = validation_doc(
             model, npz_files, labels_tsv, device, site=site, round=round, train_cfg=train_cfg, endpoints=endpoints,
             personalised=local_in is not None, model_sha256=gside.get("sha256"),
+            privacy=dict(privacy) if privacy is not None else None,
         )
     write_json(out_json, doc)
     return doc

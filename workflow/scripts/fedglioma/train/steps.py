@@ -148,7 +148,8 @@ def train_site_round(global_model: str, training_set: str, labels: str, site_upd
         log.warning("site %s, round %d: attempt %d of %d failed: %s", site, round, i, f.site_attempts, why)
     else:
         _record_failure(global_model, site_update, local, local_state, site=site, round=round,
-                        patterns=f.site_local_patterns, reason=reasons[-1], attempts=len(reasons))
+                        patterns=f.site_local_patterns, reason=reasons[-1], attempts=len(reasons),
+                        private=t.privacy.enabled)
         log.error("site %s, round %d: no update after %d attempt(s); recorded the failure, the server leaves the "
                   "site out of this round", site, round, len(reasons))
         return
@@ -162,18 +163,23 @@ def train_site_round(global_model: str, training_set: str, labels: str, site_upd
 
 
 def _record_failure(global_model: str, site_update: str, local: str, local_state: str | None, *, site: str,
-                    round: int, patterns: Sequence[str], reason: str, attempts: int) -> None:
+                    round: int, patterns: Sequence[str], reason: str, attempts: int, private: bool) -> None:
     """The outputs of a site that failed the round: an empty update whose sidecar says ``status: failed`` and why,
-    and the site-local parameters the site still holds (last round's, or the global model's in round 1)."""
-    from fedglioma.federated.exchange import load_params, save_params
+    and the site-local parameters the site still holds (last round's, or the global model's in round 1). Under DP
+    the site's privacy history carries over unchanged: nothing trained in the failed round left the site."""
+    from fedglioma.federated.exchange import load_params, read_sidecar, save_params
     from fedglioma.federated.params import split_params
 
     kept, _ = load_params(local_state if local_state is not None and patterns else global_model)
     _, site_local = split_params(kept, patterns)
+    side: dict[str, Any] = {"kind": "local", "round": round, "site": site, "patterns": list(patterns),
+                            "status": "failed"}
+    if private:
+        before = read_sidecar(local_state).get("privacy") if local_state is not None else None
+        side["privacy"] = dict(before) if isinstance(before, Mapping) else {"epsilon": 0.0, "history": []}
     save_params(site_update, {}, {"kind": "update", "status": "failed", "round": round, "site": site,
                                   "reason": reason, "attempts": attempts})
-    save_params(local, site_local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns),
-                                    "status": "failed"})
+    save_params(local, site_local, side)
 
 
 def validate_site_round(global_model: str, training_set: str, labels: str, validation: str, *, site: str,
@@ -183,7 +189,8 @@ def validate_site_round(global_model: str, training_set: str, labels: str, valid
     """The global model of round ``round`` on the site's validation split: site-aggregated ``validation`` JSON.
 
     With ``federated.site_local_patterns`` (FedBN) the site's own ``local_state`` of this round replaces those
-    parameters (the personalised model); otherwise ``local_state`` is not read.
+    parameters (the personalised model). With ``train.privacy`` on, the validation JSON records the site's spent
+    (epsilon, delta) from ``local_state``'s sidecar; otherwise ``local_state`` is not read.
     """
     from fedglioma.train.local import validate
 
@@ -192,7 +199,24 @@ def validate_site_round(global_model: str, training_set: str, labels: str, valid
     validate(global_model, read_training_set(training_set, site=site), labels, validation, site=site,
              round=round, train_cfg=t, model_cfg=m, threads=threads, local_in=personal,
              site_local_patterns=f.site_local_patterns or None,
-             endpoints=section(Endpoints, endpoints_cfg, "endpoints"))
+             endpoints=section(Endpoints, endpoints_cfg, "endpoints"),
+             privacy=_spent_privacy(local_state, site=site, round=round) if t.privacy.enabled else None)
+
+
+def _spent_privacy(local_state: str | None, *, site: str, round: int) -> dict[str, Any]:
+    """The site's spent (epsilon, delta) after ``round``, from this round's ``local.json`` (train.privacy on)."""
+    from fedglioma.federated.exchange import read_sidecar
+    from fedglioma.train.privacy import public
+
+    if local_state is None:
+        raise ConfigError(f"site {site}, round {round}: train.privacy is on and validation records the spent "
+                          f"epsilon from the round's local.json. Fix: pass --local-state (the workflow always does)")
+    side = read_sidecar(local_state)
+    doc = public(side)
+    if doc is None or side.get("round") != round or side.get("site") != site:
+        raise InputError(f"holds no privacy record of site {site} round {round} (trained without DP?)", site=site,
+                         file=local_state, fix="rerun the site's local_train of this round with train.privacy on")
+    return doc
 
 
 def train_baseline_rounds(init: str, training_sets: Sequence[str], labels: Sequence[str], models: Sequence[str],
