@@ -5,6 +5,7 @@ quorum the aggregate job fails naming the site."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,13 +17,18 @@ from tests.integration.tiny import TINY_CONFIG, snakemake, write_tiny
 pytestmark = pytest.mark.slow
 
 FAULT = "local_train/B/round-1/*=raise"
+#: Retrain the federation from its initialisation and nothing upstream of it.
+RETRAIN = ("--rerun-triggers", "mtime", "--forcerun", "init_model")
 
 
 @pytest.fixture(scope="module")
 def work(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the session's tiny run (preprocessing reused; the federation reruns under the new config)."""
+    """A copy of the session's tiny run whose ``results/`` are hard links (outputs are replaced by rename, never
+    written in place, so the session's run stays untouched; Snakemake's metadata and the logs are real copies).
+    Runs retrain the federation from round 0 (``RETRAIN``) and reuse the rest."""
     dst = tmp_path_factory.mktemp("failed_site") / "work"
-    shutil.copytree(tiny_run, dst, symlinks=True)
+    shutil.copytree(tiny_run, dst, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    shutil.copytree(tiny_run / "results", dst / "results", symlinks=True, copy_function=os.link)
     return dst
 
 
@@ -33,7 +39,7 @@ def _json(path: Path) -> dict:
 def test_failed_site_is_left_out_and_rejoins(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDGLIOMA_FAULTS", FAULT)
     write_tiny(work, {**TINY_CONFIG, "federated": {**TINY_CONFIG["federated"], "min_sites": 1, "site_attempts": 2}})
-    res = snakemake(work, "--cores", "2", "results/report/index.html")
+    res = snakemake(work, "--cores", "2", *RETRAIN, "results/report/index.html")
     assert res.returncode == 0, res.stderr[-6000:]
 
     failed = _json(work / "results/sites/B/federated/round-1/update.json")
@@ -61,7 +67,7 @@ def test_failed_site_is_left_out_and_rejoins(work: Path, monkeypatch: pytest.Mon
 def test_below_the_quorum_the_round_fails_naming_the_site(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDGLIOMA_FAULTS", FAULT)
     write_tiny(work, {**TINY_CONFIG, "federated": {**TINY_CONFIG["federated"], "min_sites": 2, "site_attempts": 1}})
-    res = snakemake(work, "--cores", "2", "results/federated/round-1/global.safetensors")
+    res = snakemake(work, "--cores", "2", *RETRAIN, "results/federated/round-1/global.safetensors")
     assert res.returncode != 0
     log = (work / "logs/aggregate/round-1.log").read_text()
     assert "1 of 2 sites delivered an accepted update, below the quorum of 2" in log
