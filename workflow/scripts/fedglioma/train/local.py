@@ -24,6 +24,7 @@ from fedglioma.atomic import jsonable, write_json
 from fedglioma.constants import BINARY_TASKS, TASKS
 from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
+from fedglioma.faults import fault_point
 from fedglioma.federated.exchange import load_params, save_params
 from fedglioma.federated.params import is_site_local, split_params
 from fedglioma.model import ModelConfig, MultiTaskLoss, MultiTaskUNet, build_model, label_masks, soft_dice_loss
@@ -38,7 +39,7 @@ from fedglioma.train.metrics import (
     threshold_counts,
 )
 from fedglioma.train.schedule import lr_for_round
-from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device
+from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device, thread_record
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +261,15 @@ def fit_epochs(
     anchors: Mapping[str, torch.Tensor] | None = None,
     mu: float = 0.0,
     amp: bool = False,
+    fault_prefix: str | None = None,
 ) -> tuple[list[float | None], list[dict[str, float]]]:
     """Train ``model`` for ``epochs`` (default ``train_cfg.epochs_per_round``) epochs on ``train_ds``.
 
     The one training loop of the package: federated local training and the baselines both run it. Each epoch's
     order and augmentation come from ``generator(train_cfg.seed, "epoch", *seed_key, epoch)`` (epochs numbered
     from ``first_epoch``). With ``anchors`` and ``mu > 0`` the FedProx term ``mu/2 * ||w - anchor||^2`` is added.
+    With ``fault_prefix`` every optimiser step passes the fault point ``{fault_prefix}/epoch-{e}/step-{s}``
+    (both counted from 1; :mod:`fedglioma.faults`).
 
     Returns:
         per epoch, the mean total loss over steps (``None`` when no batch had a label) and the mean of each term.
@@ -303,6 +307,8 @@ def fit_epochs(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
             steps += 1
+            if fault_prefix is not None:
+                fault_point(f"{fault_prefix}/epoch-{epoch + 1}/step-{steps}")
             total_sum += loss.item()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -376,7 +382,7 @@ def local_train(
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
         epoch_losses, epoch_terms = fit_epochs(
             model, train_ds, opt, loss_fn, train_cfg, device, seed_key=(site, round), log_as=f"site {site} round {round}",
-            anchors=anchors, mu=mu, amp=amp,
+            anchors=anchors, mu=mu, amp=amp, fault_prefix=f"local_train/{site}/round-{round}",
         )
         n = len(train_ds)
         validation = evaluate_dataset(model, val_ds, loss_fn, device) if len(val_ds) else {"n_val": 0, "metrics": None}
@@ -399,11 +405,14 @@ def local_train(
                 "validation": validation["metrics"],
                 "model": model_cfg.model_dump(),
                 "device": device.type,
+                **thread_record(threads),
             },
             sidecar_out=sidecar_out,
         )
+        fault_point(f"local_train/{site}/round-{round}/after-update")  # update and sidecar written, local not
         if local_out is not None:
-            save_params(local_out, local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns)})
+            save_params(local_out, local, {"kind": "local", "round": round, "site": site, "patterns": list(patterns),
+                                           **thread_record(threads)})
     return side
 
 
@@ -459,7 +468,8 @@ def validate(
         model, gside = _prepare(global_in, model_cfg, local_in, site_local_patterns, device)
         doc = validation_doc(
             model, npz_files, labels_tsv, device, site=site, round=round, train_cfg=train_cfg, endpoints=endpoints,
-            personalised=local_in is not None, model_sha256=gside.get("sha256"),
+            personalised=local_in is not None, model_sha256=gside.get("sha256"), **thread_record(threads),
         )
+    fault_point(f"validate_round/{site}/round-{round}/before-write")
     write_json(out_json, doc)
     return doc
