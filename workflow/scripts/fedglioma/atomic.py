@@ -94,8 +94,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, _default_mode() | 0o111)
-        if final.exists():
+        if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
+        elif final.exists() or final.is_symlink():
+            final.unlink()  # e.g. the placeholder of a killed job's output (fedglioma.smk.mark_killed_outputs)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
