@@ -15,7 +15,7 @@ written), with no temporary left behind and every parameter file matching its si
 
 Cost (2 cores shared with other work, load about 5, reference run shared): the full chain (:data:`FULL`,
 ``FEDGLIOMA_KILL_RESUME=full``: 11 kills from a subject's preprocessing to the report) took 8.7 min; ``make test``
-runs :data:`QUICK` (6 kills from site A's round 2 on).
+runs :data:`QUICK` (6 kills from site A's round 2 on): 4.1 min under the same load.
 """
 
 from __future__ import annotations
