@@ -167,6 +167,22 @@ def privacy_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(keep: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table rows of every setting whose results are in ``keep`` (this and earlier invocations with the same
+    ``--out``), in the matrix's order."""
+    rows = []
+    for run in runs:
+        metrics, curves = keep / f"{run['tag']}_metrics.json", keep / f"{run['tag']}_training_curves.tsv"
+        if not (metrics.is_file() and curves.is_file()):
+            continue
+        row = {k: v for k, v in run.items() if k != "overrides"}
+        row.update(utility(json.loads(metrics.read_text())))
+        row.update(spent(curves))
+        row["participation"] = clipped_or_left_out(curves)
+        rows.append(row)
+    return rows
+
+
 def link_results(src: Path, work: Path) -> None:
     """Hard-link a finished demo's ``results/`` into ``work`` (outputs are replaced by rename, never written in
     place, so the source stays untouched)."""
@@ -212,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     keep.mkdir(parents=True, exist_ok=True)
     target = f"results/sites/{external}/evaluation/federated/metrics.json"
     rows: list[dict[str, Any]] = []
-    for run in settings(a.matrix, a.epsilons, attacker):
-        if a.only and run["tag"] not in a.only:
-            continue
+    runs = settings(a.matrix, a.epsilons, attacker)
+    if a.only:  # in the order given
+        runs = sorted((r for r in runs if r["tag"] in a.only), key=lambda r: a.only.index(r["tag"]))
+    for run in runs:
         tag = run["tag"]
         conf = run_config(work, run["overrides"], a.rounds, a.epochs)
         cmd = [str(common.BIN / "snakemake"), "--snakefile", str(common.REPO / "Snakefile"), "--directory",
@@ -246,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "dry_run": a.dry_run, "config": str(a.config),
                                         "from_results": str(a.from_results)}, load0, {})
     if not a.dry_run:
-        attacks = [r for r in rows if r["matrix"] == "attacks"]
-        privacy = [r for r in rows if r["matrix"] == "privacy"]
+        done = collect(keep, settings(a.matrix, a.epsilons, attacker))
+        attacks = [r for r in done if r["matrix"] == "attacks"]
+        privacy = [r for r in done if r["matrix"] == "privacy"]
         if attacks:
             (keep / "attacks_table.md").write_text(attack_table(attacks))
             print(attack_table(attacks), end="")

@@ -73,3 +73,31 @@ def test_run_logs_a_fedglioma_error_as_one_line_and_fails(tmp_path: Path) -> Non
 
 def test_run_returns_the_result(tmp_path: Path) -> None:
     assert run(_job(tmp_path), lambda x: x + 1, x=1) == 2
+
+
+def test_killed_outputs_get_a_placeholder_once_unlocked(tmp_path: Path) -> None:
+    """Outputs Snakemake marked incomplete and that do not exist (a job killed before writing them) get an empty
+    placeholder, so that --rerun-incomplete sees them; not while a lock is held, nor for existing outputs."""
+    import base64
+
+    from fedglioma.smk import killed_outputs, mark_killed_outputs
+
+    marks = tmp_path / ".snakemake" / "incomplete"
+    long = "results/" + "/".join(["d" * 60] * 5) + "/x.json"  # record name too long for one file: @-folders
+    for path in ("results/a/update.safetensors", "results/b.json", long):
+        b64 = base64.urlsafe_b64encode(path.encode()).decode()
+        parts = [b64[i : i + 254] for i in range(0, len(b64), 254)]
+        rec = marks.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        rec.write_text("{}")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/b.json").write_text("half")  # exists: Snakemake's own business
+    assert killed_outputs(tmp_path) == sorted(["results/a/update.safetensors", long])
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir()
+    (locks / "0.input.lock").write_text("")
+    assert mark_killed_outputs(tmp_path) == []
+    (locks / "0.input.lock").unlink()
+    assert mark_killed_outputs(tmp_path) == sorted(["results/a/update.safetensors", long])
+    assert (tmp_path / "results/a/update.safetensors").read_bytes() == b""
+    assert killed_outputs(tmp_path) == []

@@ -9,11 +9,23 @@ from fedglioma.predict.bundle import bundle_path
 from fedglioma.preprocess.chain import subject_outputs, template_transform_dir
 from fedglioma.io.layouts import discover
 from fedglioma.settings import validate_config
+from fedglioma.smk import mark_killed_outputs
 from fedglioma.synth import default_site_specs, demo_site_row, site_subject_ids
 
 # ---- configuration, validated first (fedglioma.settings: unknown keys fail, every default filled in) ----
 _config = validate_config(config, files=workflow.configfiles)
 config.update(_config.model_dump(mode="json"))
+
+# ---- resuming after a hard kill (docs/hpc.md, "Resuming after a crash") ----
+# A job killed before any output of its own existed is invisible to --rerun-incomplete: a placeholder at each of
+# its outputs makes them incomplete like any other (fedglioma.smk.mark_killed_outputs). Only in the main
+# process: a job's own snakemake (cluster jobs) parses this file too, while other jobs are running.
+_killed = mark_killed_outputs() if workflow.is_main_process else []
+if _killed:
+    logging.getLogger("fedglioma").warning(
+        "outputs of jobs of a killed run, never written: %s (run with --rerun-incomplete to remake them)",
+        ", ".join(_killed),
+    )
 
 # sites.tsv against schemas/sites.schema.yaml: every problem of every row at once (fedglioma.config.load_sites)
 SITE_ROWS = {row.site: row for row in load_sites(config["sites"])}

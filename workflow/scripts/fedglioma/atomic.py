@@ -2,6 +2,12 @@
 
 A crash or an exception never leaves a half-written output behind, which keeps
 Snakemake's idea of "done" honest and makes interrupted runs resumable.
+
+The temporary of ``dir/name`` is ``dir/.name.XXXXXXXX<suffix>`` (a file) or ``dir/.name.XXXXXXXX`` (a folder).
+An exception removes it; a hard kill (SIGKILL, a lost node) cannot, so the next write of the same ``name``
+removes the temporaries a dead writer left (:func:`remove_stale`): one file is never written by two live
+processes at once (Snakemake runs one job per output), so any temporary of it found at the start of a write
+is stale. A temporary is never read as an input: nothing looks for hidden ``.name.*`` siblings.
 """
 
 from __future__ import annotations
@@ -10,11 +16,46 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+#: Characters of the random part of a ``tempfile`` name (``tempfile._RandomNameSequence``), 8 of them.
+_RANDOM = "[a-z0-9_]{8}"
+
+
+def temporary_pattern(final: str | Path, suffix: str | None = None) -> re.Pattern[str]:
+    """The names of the temporaries of ``final``: files (``suffix`` given) or folders (``suffix`` None).
+
+    >>> bool(temporary_pattern("a/global.safetensors", ".safetensors").match(".global.safetensors.k2_x9a0b.safetensors"))
+    True
+    >>> bool(temporary_pattern("a/06_normalise").match(".06_normalise.k2_x9a0b"))
+    True
+    """
+    name = Path(final).name
+    return re.compile(rf"^\.{re.escape(name)}\.{_RANDOM}{re.escape(suffix or '')}$")
+
+
+def remove_stale(final: str | Path, suffix: str | None = None) -> list[Path]:
+    """Remove the temporaries of ``final`` (files with ``suffix``, or folders when ``suffix`` is None) that a
+    writer killed before its rename left beside it; returns what was removed."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    pattern = temporary_pattern(final, suffix)
+    removed = []
+    for p in final.parent.iterdir():
+        if pattern.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -28,7 +69,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix, dir=final.parent)
+    remove_stale(final, suffix)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -47,12 +89,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` when the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
         os.chmod(tmp, _default_mode() | 0o111)
-        if final.exists():
+        if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
+        elif final.exists() or final.is_symlink():
+            final.unlink()  # e.g. the placeholder of a killed job's output (fedglioma.smk.mark_killed_outputs)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

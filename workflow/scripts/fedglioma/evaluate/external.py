@@ -18,6 +18,7 @@ import pandas as pd
 
 from fedglioma.atomic import atomic_dir, atomic_path, write_json
 from fedglioma.errors import InputError
+from fedglioma.faults import fault_point
 from fedglioma.io.files import read_json
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def evaluate_model(final: str, candidates: Sequence[str], files: Sequence[str], 
     with atomic_path(segmentation) as tmp:
         (seg if seg is not None else pd.DataFrame(columns=["subject", "dice", "hd95", "volume_diff_ml"])).to_csv(
             tmp, sep="\t", index=False, na_rep="")
+    fault_point(f"evaluate/{site}/{model}/after-tables")  # masks and tables written, metrics and figures not
     summary = summarise_site(pred_table, read_labels(labels), seg, final_doc.get("thresholds"),
                              n_boot=ev.n_bootstrap, seed=ev.seed, site=site,
                              endpoints=section(Endpoints, endpoints_cfg, "endpoints"))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from fedglioma.errors import UpdateRejected
+from fedglioma.faults import fault_point
 from fedglioma.federated.exchange import Update, load_params, open_update, save_params, spec_of, update_status
 from fedglioma.federated.params import split_params
 from fedglioma.federated.robust import ScaledUpdate, norm_bound, update_norm
@@ -165,8 +166,10 @@ def aggregate_files(
             "site_local_patterns": list(site_local_patterns),
             "model": prev_side.get("model"),
             "previous_sha256": prev_side.get("sha256"),
+            "torch_threads": torch.get_num_threads(),
         },
     )
+    fault_point(f"aggregate/round-{round}/after-model")  # global model and sidecar written, server state not
     if server_state_out is not None:
         save_params(server_state_out, new_state, {"kind": "server_state", "round": round, "strategy": strategy.name})
     return side

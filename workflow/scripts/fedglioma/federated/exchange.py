@@ -2,8 +2,9 @@
 
 A parameter file ``X.safetensors`` always travels with ``X.json`` (the sidecar): round, site, n_train, metrics,
 ``sha256`` of the parameter file, and the kind of file (``global``, ``update``, ``local``, ``server_state``).
-Both are written atomically (parameters first, then the sidecar). Nothing is ever unpickled: tensors are read
-with ``safetensors`` and sidecars with ``json``.
+Both are written atomically (parameters first, then the sidecar; the fault point
+``save_params/{kind}[/{site}]/round-{r}/before-sidecar`` lies between the two). Nothing is ever unpickled: tensors
+are read with ``safetensors`` and sidecars with ``json``.
 
 The safetensors header holds a single metadata entry (``fedglioma``: sorted JSON). One entry only, because
 safetensors does not keep the order of several metadata keys, and the file bytes (hence its sha256) must be
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from fedglioma.atomic import atomic_path, dumps, jsonable, write_json
 from fedglioma.constants import ID_PATTERN
 from fedglioma.errors import InputError, UpdateRejected
+from fedglioma.faults import fault_point
 from fedglioma.io.files import sha256_file
 
 FORMAT = "fedglioma-params"
@@ -87,6 +89,9 @@ def save_params(
         n_tensors=len(data),
         numel=int(sum(v.numel() for v in data.values())),
     )
+    where = "/".join(str(x) for x in (sidecar.get("kind", "params"), sidecar.get("site"), sidecar.get("baseline"))
+                     if x is not None)
+    fault_point(f"save_params/{where}/round-{sidecar.get('round')}/before-sidecar")  # parameters renamed, sidecar not
     write_json(sidecar_out if sidecar_out is not None else sidecar_path(path), side)
     return side
 

@@ -34,6 +34,7 @@ from fedglioma.config import SiteRow
 from fedglioma.constants import MAX_IMAGE_MB
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
+from fedglioma.faults import fault_point
 from fedglioma.io.files import read_json
 from fedglioma.io.layouts import discover
 
@@ -242,7 +243,9 @@ def run_chain(raw: Mapping[str, Path], seg: Path | None, subject_dir: Path, *, s
                 assert previous is not None
                 run_step(step, previous, out_dir, site=site, subject=subject, params=params, declared=declared,
                          template_transform=transform if step == "register_atlas" else None)
+            fault_point(f"preprocess/{site}/{subject}/{step}/before-stamp")  # folder written, stamp not
             write_json(_stamp(subject_dir, folder), {"step": step, "key": key})
+            fault_point(f"preprocess/{site}/{subject}/{step}/done")
             if on_step is not None:
                 on_step(step, time.perf_counter() - start)
         previous = out_dir

@@ -23,6 +23,7 @@ from scipy import ndimage
 from fedglioma.atomic import atomic_path, dumps
 from fedglioma.constants import MODALITIES
 from fedglioma.errors import InputError
+from fedglioma.faults import fault_point
 from fedglioma.preprocess.common import (
     bbox,
     float_tuple,
@@ -177,10 +178,11 @@ def training_file(
                     info["brain_extent_mm"])
     json_path = Path(grid_json) if grid_json else out_npz.with_name(grid_name(subject))
     # both files appear together or not at all
-    with atomic_path(json_path) as tmp_json, atomic_path(out_npz, suffix=".npz") as tmp_npz:
-        with open(tmp_npz, "wb") as fh:
+    with atomic_path(json_path) as tmp_json:
+        with atomic_path(out_npz, suffix=".npz") as tmp_npz, open(tmp_npz, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         tmp_json.write_text(dumps(info) + "\n")
+        fault_point(f"preprocess/{site}/{subject}/training-file/between-files")  # the npz renamed, the JSON not
 
 
 def to_native(

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedglioma.atomic import atomic_path
+from fedglioma.faults import fault_point
 from fedglioma.io.files import read_json
 
 #: The privacy columns of the table: what a site spent after the round (empty without DP).
@@ -54,6 +55,7 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
             "round": rnd,
             "site": site,
             "n_train": side.get("n_train"),
+            "threads": side.get("threads"),  # CPU results are bit-identical only for the same thread count
             "train_loss": float(losses[-1]) if losses else np.nan,
             "val_loss": v.get("loss", np.nan),
             "val_dice": v.get("dice_mean", np.nan),
@@ -81,4 +83,5 @@ def training_curves(sidecars: Sequence[str], metrics: Sequence[str], table: str,
     t = curves_table(sidecars, metrics, rounds)
     with atomic_path(table) as tmp:
         t.to_csv(tmp, sep="\t", index=False, na_rep="")
+    fault_point("training_curves/after-table")  # the table written, the figure not
     plot(t, Path(png))

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from fedglioma.atomic import write_json
+from fedglioma.faults import fault_point
 from fedglioma.io.files import read_json, read_tsv
 
 #: Why the federated model is not evaluated on the external site under FedBN (``federated.site_local_patterns``).
@@ -118,4 +119,5 @@ def write_report(metrics: Sequence[str], figures: Sequence[str], cohort: Sequenc
         provenance=provenance(config, fed.get("model", {})),
         privacy=privacy_table(table) if table is not None else None,
     )
+    fault_point("report/after-html")  # the HTML written, the headline metrics not
     write_json(headline, fed)

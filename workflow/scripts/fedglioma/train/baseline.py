@@ -35,7 +35,7 @@ from fedglioma.settings import TrainConfig
 from fedglioma.train.data import SiteDataset
 from fedglioma.train.local import _prepare, fit_epochs, validation_doc
 from fedglioma.train.schedule import lr_for_round
-from fedglioma.train.seeding import derive_seed, deterministic, pick_device
+from fedglioma.train.seeding import derive_seed, deterministic, pick_device, thread_record
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def train_baseline(
             losses, terms = fit_epochs(
                 model, train_ds, opt, loss_fn, train_cfg, device, seed_key=("baseline", name),
                 log_as=f"baseline {name} round {r}", first_epoch=(r - 1) * e, amp=amp,
+                fault_prefix=f"baseline/{name}/round-{r}",
             )
             side = save_params(
                 out_models[r - 1],
@@ -139,6 +140,7 @@ def train_baseline(
                     "train_loss_terms": terms,
                     "model": model_cfg.model_dump(),
                     "device": device.type,
+                    **thread_record(threads),
                 },
             )
             sidecars.append(side)
@@ -146,6 +148,7 @@ def train_baseline(
                 doc = validation_doc(
                     model, files, labels, device, site=site, round=r, train_cfg=train_cfg, endpoints=endpoints,
                     baseline=name, personalised=False, model_sha256=side.get("sha256"),
+                    **thread_record(threads),
                 )
                 write_json(out_validation[site][r - 1], doc)
     return sidecars

@@ -24,6 +24,7 @@ from fedglioma.atomic import jsonable, write_json
 from fedglioma.constants import BINARY_TASKS, TASKS
 from fedglioma.endpoints import Endpoints
 from fedglioma.errors import ConfigError, InputError
+from fedglioma.faults import fault_point
 from fedglioma.federated.exchange import load_params, save_params
 from fedglioma.federated.params import is_site_local, split_params
 from fedglioma.model import ModelConfig, MultiTaskLoss, MultiTaskUNet, build_model, label_masks, soft_dice_loss
@@ -38,7 +39,7 @@ from fedglioma.train.metrics import (
     threshold_counts,
 )
 from fedglioma.train.schedule import lr_for_round
-from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device
+from fedglioma.train.seeding import derive_seed, deterministic, generator, pick_device, thread_record
 
 if TYPE_CHECKING:
     from fedglioma.train.privacy import PrivateTraining
@@ -264,6 +265,7 @@ def fit_epochs(
     mu: float = 0.0,
     amp: bool = False,
     dp: PrivateTraining | None = None,
+    fault_prefix: str | None = None,
 ) -> tuple[list[float | None], list[dict[str, float]]]:
     """Train ``model`` for ``epochs`` (default ``train_cfg.epochs_per_round``) epochs on ``train_ds``.
 
@@ -273,6 +275,8 @@ def fit_epochs(
     With ``dp`` (:class:`fedglioma.train.privacy.PrivateTraining`) each step is a DP-SGD step instead: Poisson
     batches from the site's secret generator, every subject's own loss, per-subject clipping and noise
     (``train.grad_clip`` is not applied; the FedProx gradient is added after the noise).
+    With ``fault_prefix`` every optimiser step passes the fault point ``{fault_prefix}/epoch-{e}/step-{s}``
+    (both counted from 1; :mod:`fedglioma.faults`).
 
     Returns:
         per epoch, the mean total loss over steps (``None`` when no batch had a label) and the mean of each term.
@@ -309,6 +313,8 @@ def fit_epochs(
                 losses, terms = loss_fn.per_sample(out, batch["tumour"], batch["has_seg"], batch["labels"])
                 dp.step(losses, out, _prox_grad(params, anchors, mu))
                 steps += 1
+                if fault_prefix is not None:
+                    fault_point(f"{fault_prefix}/epoch-{epoch + 1}/step-{steps}")
                 total_sum += losses.sum().item() / dp.plan.expected_batch_size
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
@@ -326,6 +332,8 @@ def fit_epochs(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
             steps += 1
+            if fault_prefix is not None:
+                fault_point(f"{fault_prefix}/epoch-{epoch + 1}/step-{steps}")
             total_sum += loss.item()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -433,7 +441,7 @@ def local_train(
                                        device=device)
         epoch_losses, epoch_terms = fit_epochs(
             model, train_ds, opt, loss_fn, train_cfg, device, seed_key=(site, round), log_as=f"site {site} round {round}",
-            anchors=anchors, mu=mu, amp=amp, dp=dp,
+            anchors=anchors, mu=mu, amp=amp, dp=dp, fault_prefix=f"local_train/{site}/round-{round}",
         )
         privacy_doc = None
         if dp is not None and plan is not None:
@@ -465,11 +473,14 @@ def local_train(
                 "model": model_cfg.model_dump(),
                 "device": device.type,
                 "privacy": privacy_doc,
+                **thread_record(threads),
             },
             sidecar_out=sidecar_out,
         )
+        fault_point(f"local_train/{site}/round-{round}/after-update")  # update and sidecar written, local not
         if local_out is not None:
-            local_side: dict[str, Any] = {"kind": "local", "round": round, "site": site, "patterns": list(patterns)}
+            local_side: dict[str, Any] = {"kind": "local", "round": round, "site": site, "patterns": list(patterns),
+                                          **thread_record(threads)}
             if plan is not None and privacy_doc is not None:
                 local_side["privacy"] = {**privacy_doc, "history": [list(e) for e in plan.after()]}
                 local_side["train_losses"], local_side["train_loss_terms"] = epoch_losses, epoch_terms
@@ -532,8 +543,9 @@ def validate(
         model, gside = _prepare(global_in, model_cfg, local_in, site_local_patterns, device)
         doc = validation_doc(
             model, npz_files, labels_tsv, device, site=site, round=round, train_cfg=train_cfg, endpoints=endpoints,
-            personalised=local_in is not None, model_sha256=gside.get("sha256"),
+            personalised=local_in is not None, model_sha256=gside.get("sha256"), **thread_record(threads),
             privacy=dict(privacy) if privacy is not None else None,
         )
+    fault_point(f"validate_round/{site}/round-{round}/before-write")
     write_json(out_json, doc)
     return doc

@@ -32,6 +32,13 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def thread_record(threads: int | None) -> dict[str, int | None]:
+    """The thread counts a result was computed with, for its sidecar: ``threads`` (what the job was given) and
+    ``torch_threads`` (``torch.get_num_threads()`` now). Results on CPU are bit-identical only for the same count.
+    """
+    return {"threads": threads, "torch_threads": torch.get_num_threads()}
+
+
 @contextlib.contextmanager
 def deterministic(seed: int, *, threads: int | None = None, device: torch.device | None = None) -> Iterator[None]:
     """Scope with deterministic algorithms, a seeded global RNG and ``threads`` CPU threads.
