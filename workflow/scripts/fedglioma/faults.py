@@ -19,6 +19,7 @@ variable is one dictionary lookup.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -60,5 +61,6 @@ def fault_point(name: str) -> None:
                 raise InjectedFault(f"fault injected at {name} ({ENV}={spec})")
             log.warning("fault point %s: killing process group (%s)", name, ENV)
             for h in logging.getLogger().handlers:
-                h.flush()
+                with contextlib.suppress(OSError, ValueError):  # a stream its owner already closed
+                    h.flush()
             os.killpg(os.getpgid(0), signal.SIGKILL)

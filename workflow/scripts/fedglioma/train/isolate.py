@@ -9,6 +9,7 @@ The reason travels back as UTF-8 text through a pipe (nothing is unpickled).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -30,7 +31,8 @@ def _child(func: Callable[..., Any], kwargs: Mapping[str, Any], conn: Any) -> No
     finally:
         conn.close()
         for h in logging.getLogger().handlers:
-            h.flush()
+            with contextlib.suppress(OSError, ValueError):  # a stream its owner already closed
+                h.flush()
     os._exit(code)
 
 
