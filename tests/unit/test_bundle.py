@@ -170,3 +170,17 @@ def test_bundle_weights_are_plain_safetensors(exported) -> None:
     with zipfile.ZipFile(out) as zf:
         state = load(zf.read(WEIGHTS))
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_the_same_model_exports_the_same_weights_bytes(exported, tmp_path) -> None:
+    """The weights member is reproducible (one safetensors metadata entry: safetensors orders several at random),
+    so a resumed workflow exports the uninterrupted one's bytes."""
+    out, model_file, cfg = exported
+    root = model_file.parent.parent
+    again = tmp_path / "again.zip"
+    summaries = [str(root / f"{s}_summary.json") for s in ("A", "B")]
+    for _ in range(3):
+        export_bundle(str(root / "final.json"), [str(model_file)], str(root / "metrics.json"), summaries, str(again),
+                      model="federated", config=cfg)
+        with zipfile.ZipFile(out) as a, zipfile.ZipFile(again) as b:
+            assert a.read(WEIGHTS) == b.read(WEIGHTS)

@@ -104,8 +104,10 @@ def export_bundle(final: str, candidates: Sequence[str], metrics: str, summaries
     model_path, selection = resolve_model(final, candidates)
     # loaded as every stage loads a model: sha256 against its sidecar, architecture against the config, strictly
     state = load_model(model_path, cfg.model).state_dict()
+    # one metadata entry: safetensors orders several at random, and the bytes (their sha256) must be reproducible
     weights = save({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()},
-                   metadata={"format": FORMAT, "model": dumps(cfg.model.model_dump(mode="json"), indent=None)})
+                   metadata={"fedglioma": dumps({"format": FORMAT, "model": cfg.model.model_dump(mode="json")},
+                                                indent=None)})
     ext = read_json(metrics, what="external evaluation metrics")
     sites = [read_json(s, what="site cohort summary") for s in summaries]
     selected_round = selection.get("round")
