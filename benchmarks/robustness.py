@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="working folder (default OUT/robustness_work)")
     ap.add_argument("--dry-run", action="store_true", help="only plan every run (snakemake -n)")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: write the tables from the results "
+                    "already in OUT (e.g. of an interrupted run)")
     ap.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
     a = ap.parse_args(argv)
     for e in a.epsilons:
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = settings(a.matrix, a.epsilons, attacker)
     if a.only:  # in the order given
         runs = sorted((r for r in runs if r["tag"] in a.only), key=lambda r: a.only.index(r["tag"]))
+    if a.table_only:
+        runs = []
     for run in runs:
         tag = run["tag"]
         conf = run_config(work, run["overrides"], a.rounds, a.epochs)
@@ -258,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if r["rc"] != 0:
             raise SystemExit(f"run {tag} failed (rc {r['rc']}), see {keep / (tag + '.log')}")
-    common.save(a.out, NAME, rows, [], {"matrix": a.matrix, "epsilons": a.epsilons, "rounds": a.rounds,
-                                        "epochs": a.epochs, "cores": a.cores, "work": str(work),
-                                        "dry_run": a.dry_run, "config": str(a.config),
-                                        "from_results": str(a.from_results)}, load0, {})
+    if not a.table_only:
+        common.save(a.out, NAME, rows, [], {"matrix": a.matrix, "epsilons": a.epsilons, "rounds": a.rounds,
+                                            "epochs": a.epochs, "cores": a.cores, "work": str(work),
+                                            "dry_run": a.dry_run, "config": str(a.config),
+                                            "from_results": str(a.from_results)}, load0, {})
     if not a.dry_run:
         done = collect(keep, settings(a.matrix, a.epsilons, attacker))
         attacks = [r for r in done if r["matrix"] == "attacks"]
