@@ -13,7 +13,15 @@ import torch
 
 from fedglioma.errors import UpdateRejected
 from fedglioma.faults import fault_point
-from fedglioma.federated.exchange import Update, load_params, open_update, save_params, spec_of, update_status
+from fedglioma.federated.exchange import (
+    Update,
+    load_params,
+    open_update,
+    save_params,
+    site_hint,
+    spec_of,
+    update_status,
+)
 from fedglioma.federated.params import split_params
 from fedglioma.federated.robust import ScaledUpdate, norm_bound, update_norm
 from fedglioma.federated.strategies import Strategy, TrimmedMean, trim_count
@@ -29,10 +37,6 @@ class Exclusion:
     site: str
     stage: Literal["failed", "refused", "norm"]
     reason: str
-
-
-def _slot_site(path: Path, i: int, sites: Sequence[str] | None) -> str:
-    return sites[i] if sites is not None else path.parent.name.removeprefix("site-")
 
 
 def aggregate_files(
@@ -96,7 +100,7 @@ def aggregate_files(
     norms: dict[str, float] = {}
     digests: dict[str, str] = {}
     for i, path in enumerate(paths):
-        slot = _slot_site(path, i, sites)
+        slot = sites[i] if sites is not None else site_hint(path)
         failed = update_status(path)
         if failed is not None:
             excluded.append(Exclusion(slot, "failed", f"failed at the site after {failed.get('attempts', '?')} "

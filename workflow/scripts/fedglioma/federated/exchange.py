@@ -199,7 +199,7 @@ class FileUpdate:
         return tensors
 
 
-def _site_hint(path: Path) -> str:
+def site_hint(path: Path) -> str:
     """The site named by a ``site-{site}`` folder in ``path``, else the path itself."""
     for part in reversed(path.parts):
         if part.startswith("site-"):
@@ -246,7 +246,7 @@ def open_update(
     """
     path = Path(path)
     expected_site = site
-    site = site if site is not None else _site_hint(path)
+    site = site if site is not None else site_hint(path)
 
     def reject(problem: str) -> UpdateRejected:
         return UpdateRejected(f"update from site {site}, round {round} ({path}): {problem}")

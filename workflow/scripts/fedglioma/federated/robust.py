@@ -11,6 +11,7 @@ FLAME's adaptive clipping, Nguyen et al. 2022).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,10 +33,7 @@ def update_norm(update: Update, global_prev: Mapping[str, torch.Tensor]) -> floa
 def norm_bound(norms: Mapping[str, float], k: float) -> float:
     """The bound of a round: ``k`` times the median of the accepted updates' norms (mean of the middle two for an
     even count)."""
-    values = sorted(norms.values())
-    n = len(values)
-    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-    return k * median
+    return k * statistics.median(norms.values())
 
 
 @dataclass

@@ -21,8 +21,9 @@ from fedglioma.settings import TaskWeights
 IDH, CODELETION, MGMT, GRADE = range(4)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """Per-sample soft Dice loss, averaged over the batch.
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, *,
+                   per_sample: bool = False) -> torch.Tensor:
+    """Per-sample soft Dice loss, averaged over the batch (``per_sample``: one value per sample, ``(N,)``).
 
     Args:
         logits: ``(N, 1, X, Y, Z)`` segmentation logits.
@@ -35,7 +36,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     g = target.flatten(1)
     inter = (p * g).sum(1)
     dice = (2 * inter + smooth) / (p.sum(1) + g.sum(1) + smooth)
-    return (1 - dice).mean()
+    return 1 - dice if per_sample else (1 - dice).mean()
 
 
 def label_masks(labels: torch.Tensor, endpoints: Endpoints | None = None) -> dict[str, torch.Tensor]:
@@ -126,11 +127,8 @@ class MultiTaskLoss(nn.Module):
         if bool(has_seg.any()) and self.weights["seg"] > 0:
             rows = torch.nonzero(has_seg).flatten()
             logits, target = out["seg"][rows], tumour[rows]
-            p = torch.sigmoid(logits).flatten(1)
-            g = target.flatten(1)
-            dice = 1 - (2 * (p * g).sum(1) + 1e-5) / (p.sum(1) + g.sum(1) + 1e-5)
             bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-            add("seg", rows, dice + bce)
+            add("seg", rows, soft_dice_loss(logits, target, per_sample=True) + bce)
         masks = label_masks(labels, self.endpoints)
         for i, t in enumerate(TASKS):
             m = masks[t]
