@@ -18,9 +18,11 @@ from fedglioma.federated import (
     FedAvg,
     Median,
     MemoryUpdate,
+    MultiKrum,
     ScaledUpdate,
     TrimmedMean,
     aggregate_files,
+    krum_byzantine,
     load_params,
     save_params,
     trim_count,
@@ -166,6 +168,49 @@ def test_trimmed_mean_at_five_sites_drops_the_attacker() -> None:
     assert new["w"].item() == pytest.approx((1.0 + 1.2 + 1.1) / 3)
     new, _ = Median().aggregate({"w": torch.zeros(1)}, ups, {})
     assert new["w"].item() == pytest.approx(1.1)
+
+
+def _mem(values: list[list[float]]) -> list[MemoryUpdate]:
+    return [MemoryUpdate(site=f"S{i}", round=1, n_train=1 + i, tensors={"w": torch.tensor(v)})
+            for i, v in enumerate(values)]
+
+
+def test_multi_krum_leaves_out_the_sign_flipped_update() -> None:
+    honest = [[1.0, 1.0], [1.1, 0.9], [0.9, 1.1], [1.0, 1.2]]
+    ups = _mem([[-1.0, -1.0], *honest])  # S0 sends the honest direction flipped
+    krum = MultiKrum(1)
+    new, state = krum.aggregate({"w": torch.zeros(2)}, ups, {})
+    assert state == {}
+    torch.testing.assert_close(new["w"], torch.tensor(honest).mean(0))  # unweighted: n_train is not trusted
+    rec = krum.round_record()["krum"]
+    assert rec["byzantine"] == 1 and rec["neighbours"] == 2
+    assert rec["not_kept"] == ["S0"] and rec["kept"] == ["S1", "S2", "S3", "S4"]
+    # score of S1 = [1, 1]: squared distances to its 2 nearest others (S2: 0.02, S3: 0.02; S4: 0.04, S0: 8)
+    assert rec["scores"]["S1"] == pytest.approx(0.02 + 0.02)
+    assert rec["scores"]["S0"] == pytest.approx(8.0 + (2.1**2 + 1.9**2))
+
+
+def test_multi_krum_without_attackers_is_the_unweighted_mean() -> None:
+    ups = _mem([[1.0], [2.0], [4.0]])  # 3 sites < 2f + 3: f lowered to 0, every update kept
+    krum = MultiKrum(1)
+    new, _ = krum.aggregate({"w": torch.zeros(1)}, ups, {})
+    assert new["w"].item() == pytest.approx(7 / 3)
+    assert krum.round_record()["krum"]["byzantine"] == 0 and krum.round_record()["krum"]["not_kept"] == []
+    with pytest.raises(Exception, match=">= 0"):
+        MultiKrum(-1)
+
+
+@pytest.mark.parametrize(("f", "n", "used"), [(1, 5, 1), (1, 4, 0), (2, 7, 2), (2, 6, 1), (3, 2, 0)])
+def test_krum_byzantine_is_lowered_below_2f_plus_3(f: int, n: int, used: int) -> None:
+    assert krum_byzantine(f, n) == used
+
+
+def test_multi_krum_selection_in_the_rounds_sidecar(tmp_path: Path, prev: Path) -> None:
+    ups = [_update(tmp_path, s, v, prev) for s, v in (("A", -1.0), ("B", 1.0), ("C", 1.1), ("D", 0.9), ("E", 1.05))]
+    side = _aggregate(ups, prev, tmp_path / "g.safetensors", list("ABCDE"), strategy=MultiKrum(1))
+    assert side["krum"]["not_kept"] == ["A"] and side["strategy"] == "multi_krum"
+    assert [s["site"] for s in side["sites"]] == list("ABCDE")  # accepted by the checks, then not kept
+    assert load_params(tmp_path / "g.safetensors")[0]["b"][0].item() == pytest.approx((1.0 + 1.1 + 0.9 + 1.05) / 4)
 
 
 @pytest.mark.parametrize("kind", ["sign_flip", "scale", "noise"])

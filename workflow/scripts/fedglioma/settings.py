@@ -533,7 +533,7 @@ class TrainConfig(Section):
 
 
 #: Strategy names accepted in ``federated.strategy``.
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean", "multi_krum"]
 STRATEGY_NAMES: tuple[str, ...] = StrategyName.__args__
 
 
@@ -550,6 +550,9 @@ class FederatedConfig(Section):
     trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="Trimmed mean: fraction of the round's sites "
                                  "dropped at each end per coordinate, rounded up (0.1 of 5 sites drops 1 at each end) "
                                  "and capped so that at least one value remains.")
+    krum_byzantine: int = Field(1, ge=0, description="Multi-Krum: number of attacking sites assumed per round (f). "
+                                "It keeps the n - f updates closest to their n - f - 2 nearest others and averages "
+                                "them; lowered in a round with fewer than 2f + 3 updates.")
     site_local_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="fnmatch patterns of parameter names kept at each site and never sent "
         "(FedBN-style personalisation, e.g. ['*.norm*']).")

@@ -31,8 +31,10 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         FedProx,
         FedYogi,
         Median,
+        MultiKrum,
         Strategy,
         TrimmedMean,
+        krum_byzantine,
         make_strategy,
         trim_count,
     )
@@ -47,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ScaledUpdate", "update_norm"), "robust"),
     **dict.fromkeys(("is_site_local", "shared_names", "split_params"), "params"),
     **dict.fromkeys(("select_model", "youden"), "select"),
-    **dict.fromkeys(("FedAdam", "FedAvg", "FedProx", "FedYogi", "Median", "Strategy", "TrimmedMean",
-                     "make_strategy", "trim_count"), "strategies"),
+    **dict.fromkeys(("FedAdam", "FedAvg", "FedProx", "FedYogi", "Median", "MultiKrum", "Strategy", "TrimmedMean",
+                     "krum_byzantine", "make_strategy", "trim_count"), "strategies"),
 }
 
 
@@ -64,12 +66,14 @@ __all__ = [
     "FileUpdate",
     "Median",
     "MemoryUpdate",
+    "MultiKrum",
     "ScaledUpdate",
     "Strategy",
     "TrimmedMean",
     "Update",
     "aggregate_files",
     "is_site_local",
+    "krum_byzantine",
     "load_params",
     "load_update",
     "make_strategy",

@@ -24,7 +24,7 @@ from fedglioma.federated.exchange import (
 )
 from fedglioma.federated.params import split_params
 from fedglioma.federated.robust import ScaledUpdate, norm_bound, update_norm
-from fedglioma.federated.strategies import Strategy, TrimmedMean, trim_count
+from fedglioma.federated.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ def aggregate_files(
 
     Returns:
         the sidecar written next to ``out_global``: the participating ``sites`` (n_train, sha256, norm, clip
-        scale), the ``excluded`` sites with stage and reason, the ``quorum``, the norm ``bound``.
+        scale), the ``excluded`` sites with stage and reason, the ``quorum``, the norm ``bound``, and what the
+        strategy decided (:meth:`~fedglioma.federated.strategies.Strategy.round_record`: ``trimmed_per_end``,
+        ``krum``).
 
     Raises:
         UpdateRejected: fewer than the quorum delivered an accepted update (naming every left-out site and why).
@@ -150,9 +152,7 @@ def aggregate_files(
     new = {k: (new_shared[k] if k in new_shared else local_prev[k]) for k in prev}
     participants = [{"site": s, "n_train": u.n_train, "sha256": digests[s], "norm": norms[s],
                      "clip_scale": scales.get(s)} for s, u in accepted.items()]
-    extra: dict[str, Any] = {}
-    if isinstance(strategy, TrimmedMean):
-        extra["trimmed_per_end"] = trim_count(strategy.beta, len(updates))
+    extra = strategy.round_record()
     side = save_params(
         out_global,
         new,

@@ -8,10 +8,13 @@ handles that read their tensors lazily:
   running float64 sums, so memory is O(model size).
 - ``median`` / ``trimmed_mean`` need all sites' values of a coordinate at once; they stream over parameter names,
   holding O(sites x largest tensor).
+- ``multi_krum`` needs the sites' pairwise distances: it streams over parameter names (O(sites x largest tensor)),
+  then averages the selected updates streaming over sites.
 
 References: FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020; the proximal term is on the client side, the
 server averages like FedAvg), FedAdam/FedYogi (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2,
-without bias correction), coordinate-wise median and trimmed mean (Yin et al. 2018).
+without bias correction), coordinate-wise median and trimmed mean (Yin et al. 2018), Krum and Multi-Krum (Blanchard et al. 2017, "Machine
+learning with adversaries: Byzantine tolerant gradient descent"; El Mhamdi et al. 2018).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -60,6 +63,11 @@ class Strategy(ABC):
         Returns:
             ``(new_global, new_state)``; ``new_global`` has the names, shapes and dtypes of ``global_prev``.
         """
+
+    def round_record(self) -> dict[str, Any]:
+        """What the last :meth:`aggregate` decided beyond the plain rule, for the round's sidecar (``{}`` if
+        nothing): the trimmed mean's trim, Multi-Krum's selection."""
+        return {}
 
 
 class FedAvg(Strategy):
@@ -221,11 +229,93 @@ class TrimmedMean(_PerCoordinate):
         if not 0 <= beta < 0.5:
             raise ConfigError(f"trimmed mean fraction must be in [0, 0.5), got {beta}")
         self.beta = float(beta)
+        self._trimmed: int | None = None
 
     def reduce(self, sorted_values: torch.Tensor) -> torch.Tensor:
         n = sorted_values.shape[0]
         k = trim_count(self.beta, n)
+        self._trimmed = k
         return sorted_values[k : n - k].mean(dim=0)
+
+    def round_record(self) -> dict[str, Any]:
+        return {} if self._trimmed is None else {"trimmed_per_end": self._trimmed}
+
+
+def krum_byzantine(f: int, n_sites: int) -> int:
+    """The number of attackers Multi-Krum assumes in a round of ``n_sites`` updates: the configured ``f``, lowered
+    to the largest ``f' <= f`` with ``n_sites >= 2 f' + 3`` (the condition of Blanchard et al.'s guarantee), at
+    least 0. A round with fewer sites than the configuration planned for (some failed) still aggregates.
+
+    >>> [krum_byzantine(1, n) for n in (1, 2, 3, 4, 5, 10)]
+    [0, 0, 0, 0, 1, 1]
+    >>> krum_byzantine(2, 7), krum_byzantine(2, 6)
+    (2, 1)
+    """
+    return max(0, min(f, (n_sites - 3) // 2))
+
+
+class MultiKrum(Strategy):
+    """Multi-Krum: score each update by the sum of its squared distances to its ``n - f - 2`` nearest other
+    updates, keep the ``n - f`` lowest scores, average the kept updates (unweighted: ``n_train`` is not trusted).
+
+    ``f`` is :func:`krum_byzantine` of ``federated.krum_byzantine`` and the round's number of updates; with
+    ``f = 0`` every update is kept (the plain unweighted mean). Distances are over the shared parameters, in
+    float64; ties in the score keep the site that comes first in sites.tsv.
+    """
+
+    name = "multi_krum"
+
+    def __init__(self, byzantine: int) -> None:
+        if byzantine < 0:
+            raise ConfigError(f"multi-Krum's assumed number of attackers must be >= 0, got {byzantine}")
+        self.byzantine = int(byzantine)
+        self._record: dict[str, Any] = {}
+
+    def select(self, global_prev: Mapping[str, torch.Tensor], ups: list[Update]) -> list[int]:
+        """Indices (in ``ups``) of the kept updates, in their order; records the scores."""
+        n = len(ups)
+        f = krum_byzantine(self.byzantine, n)
+        d2 = torch.zeros((n, n), dtype=torch.float64)
+        if f > 0:
+            for k in global_prev:
+                x = [u.get(k).to(torch.float64).flatten() for u in ups]
+                for i in range(n):
+                    for j in range(i + 1, n):
+                        diff = x[i] - x[j]
+                        d2[i, j] += torch.dot(diff, diff)
+                del x
+            d2 = d2 + d2.T
+        neighbours = n - f - 2
+        scores = [float(d2[i][torch.arange(n) != i].sort().values[:neighbours].sum()) if f > 0 else 0.0
+                  for i in range(n)]
+        keep = sorted(sorted(range(n), key=lambda i: (scores[i], i))[: n - f])
+        self._record = {"krum": {"byzantine": f, "neighbours": neighbours if f > 0 else None,
+                                 "scores": {u.site: scores[i] for i, u in enumerate(ups)},
+                                 "kept": [ups[i].site for i in keep],
+                                 "not_kept": [u.site for i, u in enumerate(ups) if i not in keep]}}
+        return keep
+
+    def aggregate(
+        self,
+        global_prev: Mapping[str, torch.Tensor],
+        updates: Iterable[Update],
+        server_state: Mapping[str, torch.Tensor],
+    ) -> tuple[Tensors, Tensors]:
+        ups = list(updates)
+        if not ups:
+            raise ConfigError("no updates to aggregate")
+        _check_sites(ups)
+        kept = [ups[i] for i in self.select(global_prev, ups)]
+        acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
+        for u in kept:
+            params = u.load()
+            for k in acc:
+                acc[k].add_(params[k].to(torch.float64))
+            del params
+        return {k: (acc[k] / len(kept)).to(global_prev[k].dtype) for k in global_prev}, {}
+
+    def round_record(self) -> dict[str, Any]:
+        return self._record
 
 
 def make_strategy(cfg: FederatedConfig) -> Strategy:
@@ -243,4 +333,6 @@ def make_strategy(cfg: FederatedConfig) -> Strategy:
         return Median()
     if name == "trimmed_mean":
         return TrimmedMean(cfg.trim_fraction)
+    if name == "multi_krum":
+        return MultiKrum(cfg.krum_byzantine)
     raise ConfigError(f"unknown strategy {name!r}")
