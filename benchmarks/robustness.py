@@ -6,7 +6,8 @@ only: baselines off, the external site's federated ``metrics.json`` as the targe
 
 - ``attacks``: attack in {none, sign_flip, scale (x10), noise (x10 the update's RMS)} from one training site (the
   first of sites.tsv) x defence in {fedavg, median, trimmed_mean (0.1: one site trimmed at each end of five),
-  fedavg + update-norm bound (k=3, clip), multi_krum (f=1: keeps four of five)};
+  fedavg + update-norm bound (k=3, clip), multi_krum (f=1: keeps four of five), fedavg + direction check (cosine
+  0) + norm bound (k=3, clip)};
 - ``privacy``: ``train.privacy`` at target epsilon in {1, 3, 8} and off (delta 1/(10 n) per site, clipping norm
   1.0, RDP accountant).
 
@@ -52,6 +53,8 @@ DEFENCES = {
     "trimmed_mean": {"strategy": "trimmed_mean", "trim_fraction": 0.1},
     "fedavg+norm_clip": {"strategy": "fedavg", "update_norm_bound": 3.0, "update_norm_action": "clip"},
     "multi_krum": {"strategy": "multi_krum", "krum_byzantine": 1},
+    "fedavg+direction+norm_clip": {"strategy": "fedavg", "update_min_cosine": 0.0, "update_norm_bound": 3.0,
+                                   "update_norm_action": "clip"},
 }
 
 

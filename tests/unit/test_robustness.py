@@ -22,6 +22,7 @@ from fedglioma.federated import (
     ScaledUpdate,
     TrimmedMean,
     aggregate_files,
+    direction_cosines,
     krum_byzantine,
     load_params,
     save_params,
@@ -145,6 +146,32 @@ def test_norm_bound_clips_or_refuses(tmp_path: Path, prev: Path) -> None:
     side = _aggregate(ups, prev, tmp_path / "g.safetensors", sites, update_norm_bound=2.0,
                       update_norm_action="refuse", min_sites=3)
     assert [e["site"] for e in side["excluded"]] == ["D"] and side["excluded"][0]["stage"] == "norm"
+
+
+def test_direction_cosine_against_the_median_of_the_others() -> None:
+    prev = {"w": torch.zeros(3)}
+    vals = {"A": [1.0, 0.0, 0.0], "B": [1.0, 1.0, 0.0], "C": [1.0, 0.0, 1.0], "D": [-1.0, 0.0, 0.0]}
+    ups = {s: MemoryUpdate(site=s, round=1, n_train=1, tensors={"w": torch.tensor(v)}) for s, v in vals.items()}
+    cos = direction_cosines(ups, prev)
+    # A: others B, C, D -> median [1, 0, 0], cosine 1; D: median of A, B, C = [1, 0, 0], cosine -1
+    assert cos["A"] == pytest.approx(1.0) and cos["D"] == pytest.approx(-1.0)
+    # B: others A, C, D -> median [1, 0, 0]; cos(B, ref) = 1/sqrt(2)
+    assert cos["B"] == pytest.approx(1 / math.sqrt(2))
+    with pytest.raises(ValueError, match="at least 3"):
+        direction_cosines({s: ups[s] for s in "AB"}, prev)
+
+
+def test_direction_check_refuses_the_flipped_update(tmp_path: Path, prev: Path) -> None:
+    ups = [_update(tmp_path, s, v, prev) for s, v in (("A", -1.0), ("B", 1.0), ("C", 1.1), ("D", 0.9))]
+    side = _aggregate(ups, prev, tmp_path / "g.safetensors", list("ABCD"), update_min_cosine=0.0, min_sites=3)
+    (e,) = side["excluded"]
+    assert e["site"] == "A" and e["stage"] == "direction" and "cosine -1" in e["reason"]
+    assert {s["site"]: s["cosine"] for s in side["sites"]} == pytest.approx({"B": 1.0, "C": 1.0, "D": 1.0})
+    assert side["update_min_cosine"] == {"threshold": 0.0, "checked": True}
+    assert load_params(tmp_path / "g.safetensors")[0]["b"][0].item() == pytest.approx(1.0)
+    # two updates: no reference to judge by, the check is skipped (and says so)
+    side = _aggregate(ups[:2], prev, tmp_path / "g2.safetensors", list("AB"), update_min_cosine=0.0, min_sites=1)
+    assert side["excluded"] == [] and side["update_min_cosine"]["checked"] is False
 
 
 def test_scaled_update_and_norm() -> None:

@@ -568,6 +568,11 @@ class FederatedConfig(Section):
                                             "an update above k times the median norm of the round's accepted "
                                             "updates is clipped to that bound or refused (update_norm_action). "
                                             "null: no bound.")
+    update_min_cosine: float | None = Field(None, ge=-1, lt=1, description="Direction check: refuse an update whose "
+                                            "cosine similarity with the coordinate-wise median of the other sites' "
+                                            "changes is below this (0: it points away from what the others agree "
+                                            "on, as a sign-flipped update does). Needs 3 or more updates in the "
+                                            "round. null: no check.")
     update_norm_action: Literal["clip", "refuse"] = Field("clip", description="What the update-norm bound does to "
                                                           "an update above it: clip (scale its change down to the "
                                                           "bound) or refuse (leave the site out of the round).")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs
         update_status,
     )
     from fedglioma.federated.params import is_site_local, shared_names, split_params
-    from fedglioma.federated.robust import ScaledUpdate, update_norm
+    from fedglioma.federated.robust import ScaledUpdate, direction_cosines, update_norm
     from fedglioma.federated.select import select_model, youden
     from fedglioma.federated.strategies import (
         FedAdam,
@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("FileUpdate", "MemoryUpdate", "Update", "load_params", "load_update", "open_update",
                      "read_sidecar", "save_params", "sha256_file", "sidecar_path", "update_status"),
                     "exchange"),
-    **dict.fromkeys(("ScaledUpdate", "update_norm"), "robust"),
+    **dict.fromkeys(("ScaledUpdate", "direction_cosines", "update_norm"), "robust"),
     **dict.fromkeys(("is_site_local", "shared_names", "split_params"), "params"),
     **dict.fromkeys(("select_model", "youden"), "select"),
     **dict.fromkeys(("FedAdam", "FedAvg", "FedProx", "FedYogi", "Median", "MultiKrum", "Strategy", "TrimmedMean",
@@ -72,6 +72,7 @@ __all__ = [
     "TrimmedMean",
     "Update",
     "aggregate_files",
+    "direction_cosines",
     "is_site_local",
     "krum_byzantine",
     "load_params",

@@ -23,7 +23,7 @@ from fedglioma.federated.exchange import (
     update_status,
 )
 from fedglioma.federated.params import split_params
-from fedglioma.federated.robust import ScaledUpdate, norm_bound, update_norm
+from fedglioma.federated.robust import ScaledUpdate, direction_cosines, norm_bound, update_norm
 from fedglioma.federated.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Exclusion:
     """A site left out of a round, and why: ``failed`` (at the site, after its attempts), ``refused`` (the update
-    failed a check) or ``norm`` (refused by the update-norm bound)."""
+    failed a check), ``direction`` (refused by the direction check) or ``norm`` (refused by the update-norm
+    bound)."""
 
     site: str
-    stage: Literal["failed", "refused", "norm"]
+    stage: Literal["failed", "refused", "direction", "norm"]
     reason: str
 
 
@@ -53,6 +54,7 @@ def aggregate_files(
     min_sites: int = 1,
     update_norm_bound: float | None = None,
     update_norm_action: Literal["clip", "refuse"] = "clip",
+    update_min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Aggregate the site updates of ``round`` into the global model of ``round``.
 
@@ -60,8 +62,10 @@ def aggregate_files(
     those matching ``site_local_patterns``). Each update is checked before it is used (sidecar, site, round,
     sha256, header, the global model it was trained from, names, shapes, dtypes, finite values) and its norm taken.
     A site that recorded a failure and an update that fails a check (a copy of another site's update fails the
-    header check) are left out of the round with the reason; so is an update above the norm bound when ``update_norm_action`` is
-    ``refuse`` (``clip`` scales it down instead). The round aggregates if at least ``min_sites`` sites (capped at
+    header check) are left out of the round with the reason; so is an update whose direction disagrees with the
+    others' (cosine with the median of the others' changes below ``update_min_cosine``, checked when three or more
+    updates are accepted), and then one above the norm bound when ``update_norm_action`` is ``refuse`` (``clip``
+    scales it down instead). The round aggregates if at least ``min_sites`` sites (capped at
     the number of sites) are left. Site-local parameters of the new global model are copied from the previous one
     (they are never aggregated).
 
@@ -79,6 +83,8 @@ def aggregate_files(
         min_sites: the quorum (``federated.min_sites``).
         update_norm_bound: ``k`` of the norm bound (:mod:`fedglioma.federated.robust`); ``None``: no bound.
         update_norm_action: ``clip`` or ``refuse`` an update above the bound.
+        update_min_cosine: the direction check's threshold (:func:`~fedglioma.federated.robust.direction_cosines`);
+            ``None``: no check.
 
     Returns:
         the sidecar written next to ``out_global``: the participating ``sites`` (n_train, sha256, norm, clip
@@ -118,6 +124,19 @@ def aggregate_files(
         accepted[slot] = u
         digests[slot] = str(u.sidecar.get("sha256"))
 
+    cosines: dict[str, float] = {}
+    if update_min_cosine is not None:
+        if len(accepted) >= 3:
+            cosines = direction_cosines(accepted, shared_prev)
+            for slot, c in cosines.items():
+                if c < update_min_cosine:
+                    excluded.append(Exclusion(slot, "direction", f"update direction disagrees with the other sites': "
+                                              f"cosine {c:.3g} with the median of their changes, below "
+                                              f"{update_min_cosine:g} (federated.update_min_cosine)"))
+                    del accepted[slot], norms[slot]
+        else:
+            log.warning("round %d: direction check skipped: %d accepted update(s), it needs 3", round, len(accepted))
+
     bound = norm_bound(norms, update_norm_bound) if update_norm_bound is not None and norms else None
     scales: dict[str, float] = {}
     if bound is not None:
@@ -151,7 +170,7 @@ def aggregate_files(
             raise UpdateRejected(f"round {round}: aggregated tensor {k!r} is not finite")
     new = {k: (new_shared[k] if k in new_shared else local_prev[k]) for k in prev}
     participants = [{"site": s, "n_train": u.n_train, "sha256": digests[s], "norm": norms[s],
-                     "clip_scale": scales.get(s)} for s, u in accepted.items()]
+                     "clip_scale": scales.get(s), "cosine": cosines.get(s)} for s, u in accepted.items()]
     extra = strategy.round_record()
     side = save_params(
         out_global,
@@ -165,6 +184,8 @@ def aggregate_files(
             "quorum": quorum,
             "update_norm_bound": None if bound is None else {"k": update_norm_bound, "bound": bound,
                                                                "action": update_norm_action},
+            "update_min_cosine": None if update_min_cosine is None else {"threshold": update_min_cosine,
+                                                                         "checked": bool(cosines)},
             **extra,
             "n_train": sum(u.n_train for u in updates),
             "site_local_patterns": list(site_local_patterns),

@@ -49,7 +49,8 @@ def aggregate_round(updates: Sequence[str], update_metas: Sequence[str], previou
     out = aggregate_files(make_strategy(cfg), updates, previous, model, round, previous_state, server_state,
                           site_local_patterns=cfg.site_local_patterns, sites=list(sites) or None,
                           min_sites=cfg.min_sites,
-                          update_norm_bound=cfg.update_norm_bound, update_norm_action=cfg.update_norm_action)
+                          update_norm_bound=cfg.update_norm_bound, update_norm_action=cfg.update_norm_action,
+                          update_min_cosine=cfg.update_min_cosine)
     left_out = ", ".join(f"{e['site']} ({e['stage']})" for e in out["excluded"]) or "none"
     log.info("round %d: %s from %d sites -> %s; left out: %s", round, cfg.strategy, len(out["sites"]), model,
              left_out)

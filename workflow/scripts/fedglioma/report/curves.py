@@ -24,7 +24,7 @@ def _privacy(doc: Any) -> dict[str, Any]:
 def _participation(rounds: Sequence[str]) -> dict[tuple[str, int], tuple[str, str]]:
     """``(site, round) -> (status, note)`` from the global models' sidecars: ``aggregated`` or ``clipped`` (with
     the scale) for the sites that took part, ``not_kept`` (with the score) for an accepted update Multi-Krum did
-    not select, ``failed`` / ``refused`` / ``norm`` with the reason for those left out."""
+    not select, ``failed`` / ``refused`` / ``direction`` / ``norm`` with the reason for those left out."""
     out: dict[tuple[str, int], tuple[str, str]] = {}
     for side in (read_json(p, what="global model sidecar") for p in rounds):
         rnd = side["round"]
@@ -44,7 +44,7 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
     """One row per site and round from the update sidecars, validation JSONs and (``rounds``) the global models'
     sidecars (site-aggregated values only). ``status`` says whether the site's update went into the round's model
     (``aggregated``, ``clipped``) or why not (``not_kept`` by Multi-Krum, ``failed`` at the site, ``refused`` by a
-    check, ``norm`` bound);
+    check, ``direction`` check, ``norm`` bound);
     ``note`` holds the reason or clip scale. The site's spent privacy after the round (:data:`PRIVACY_COLUMNS`,
     empty without DP); ``train_loss`` is empty under DP (not sent)."""
     rows = []
