@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -149,36 +148,3 @@ def test_fedbn_is_not_evaluated_externally(tmp_path: Path) -> None:
     jobs = res.stdout
     assert "results/sites/X/evaluation/centralized/metrics.json" in jobs
     assert "results/sites/X/evaluation/federated/metrics.json" not in jobs
-
-
-#: The rules a DP run reruns on top of a finished run.
-DP_RULES = ("init_model", "local_train", "aggregate", "validate_round", "select_model", "training_curves", "evaluate",
-            "report")
-
-
-def test_dp_run_shows_epsilon_per_site(run: Path, tmp_path: Path) -> None:
-    """train.privacy on, on top of the tiny run's preprocessed cohort (its results hard-linked, not recomputed):
-    the federated rounds, evaluation and report rerun with DP; every update sidecar and validation JSON carries
-    the site's spent (epsilon, delta), the training-curve table its epsilon per round, the report a table of it."""
-    work = tmp_path / "dp"
-    shutil.copytree(run / "results", work / "results", copy_function=os.link)  # outputs are replaced, never edited
-    if (run / ".snakemake").is_dir():
-        shutil.copytree(run / ".snakemake", work / ".snakemake", ignore=shutil.ignore_patterns("locks", "incomplete"))
-    cfg = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "privacy": {"enabled": True, "target_epsilon": 8.0}}}
-    write_tiny(work, cfg)
-    # only the rules DP changes run; the cohort, preprocessing and the external site's files are taken as they are
-    res = snakemake(work, "--cores", "2", "--allowed-rules", *DP_RULES, "--", "results/report/index.html")
-    assert res.returncode == 0, res.stderr[-6000:]
-    for site in ("A", "B"):
-        for rnd in (1, 2):
-            d = work / f"results/sites/{site}/federated/round-{rnd}"
-            upd = json.loads((d / "update.json").read_text())
-            val = json.loads((d / "validation.json").read_text())
-            assert upd["privacy"] == val["privacy"] and upd["train_losses"] is None
-            assert 0 < upd["privacy"]["epsilon"] <= 8.0 and upd["privacy"]["delta"] > 0
-        assert "history" not in upd["privacy"]
-        assert (work / f"results/sites/{site}/federated/dp_noise.key").is_file()
-    curves = pd.read_csv(work / "results/federated/training_curves.tsv", sep="\t")
-    assert curves["epsilon"].notna().all() and (curves.groupby("site")["epsilon"].is_monotonic_increasing).all()
-    html = (work / "results/report/index.html").read_text()
-    assert "Differential privacy" in html and "ε" in html

@@ -61,9 +61,11 @@ def write_tiny(work: Path, config: dict | None = None, sites: list[tuple[str, st
     return work
 
 
-def snakemake(work: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
-    """Run the repository's Snakefile in ``work``."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+def snakemake(work: Path, *args: str, timeout: int = 1200,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the repository's Snakefile in ``work`` (environment ``env``, default this process's)."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), *args],
         capture_output=True, text=True, timeout=timeout, env=env, check=False,

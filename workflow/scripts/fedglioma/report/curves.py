@@ -52,7 +52,8 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
     taken = _participation(rounds)
     for side in (read_json(p, what="update sidecar") for p in sidecars):
         site, rnd = side["site"], side["round"]
-        v = val.get((site, rnd), {}).get("metrics") or {}
+        vdoc = val.get((site, rnd), {})
+        v = vdoc.get("metrics") or {}
         aucs = [a for a in (v.get("auc") or {}).values() if a is not None]
         losses = side.get("train_losses") or (side.get("metrics") or {}).get("train_losses") or []
         default = ("failed", str(side.get("reason", ""))) if side.get("status") == "failed" else ("", "")
@@ -68,7 +69,8 @@ def curves_table(sidecars: Sequence[str], metrics: Sequence[str], rounds: Sequen
             "val_auc_mean": float(np.mean(aucs)) if aucs else np.nan,
             "status": status,
             "note": note,
-            **_privacy(side.get("privacy")),
+            # a site that failed the round sent no update; its validation records what it had spent
+            **_privacy(side.get("privacy") or vdoc.get("privacy")),
         })
     return pd.DataFrame(rows).sort_values(["site", "round"])
 
