@@ -180,3 +180,24 @@ def hdbet_head() -> tuple[np.ndarray, list[float]]:
     spec = SiteSpec(name="HDBET", voxel_size=(2.0, 2.0, 2.0), fov_mm=(200.0, 220.0, 180.0))
     s = synthesize_subject(spec, 1, seed=5)
     return np.ascontiguousarray(s.images["T1c"].astype(np.float32).transpose(2, 1, 0)), [2.0, 2.0, 2.0]
+
+
+@functools.cache
+def hdbet_fp32_mask() -> np.ndarray:
+    """fedglioma's HD-BET mask of :func:`hdbet_head` in fp32, computed once per session (the reference of the
+    runner and runtime tests; read-only). One torch thread: the flush of denormals that ``predict`` sets is per
+    thread, and this process's torch worker threads exist already (without it the fp32 pass takes minutes on Intel
+    cores)."""
+    import torch
+
+    from fedglioma.preprocess import hdbet
+
+    data, spacing = hdbet_head()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mask = hdbet.predict(data, spacing, device="cpu", precision="fp32")
+    finally:
+        torch.set_num_threads(threads)
+    mask.setflags(write=False)
+    return mask

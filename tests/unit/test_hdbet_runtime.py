@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedglioma.errors import ConfigError
-from tests.unit.preprocess_helpers import hdbet_head
+from tests.unit.preprocess_helpers import hdbet_fp32_mask, hdbet_head
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,12 +83,12 @@ def test_openvino_mask_matches_torch_fp32(tmp_path) -> None:
     from fedglioma.preprocess import hdbet
 
     data, spacing = hdbet_head()
+    fp32 = hdbet_fp32_mask()
     # one torch thread: the flush of denormals that predict() sets is per thread (see the fp32 test in
     # test_preprocess.py); OpenVINO flushes its own
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fp32 = hdbet.predict(data, spacing, device="cpu", precision="fp32")
         ov32 = hdbet.predict(data, spacing, device="cpu", precision="fp32", runtime="openvino", cache_dir=tmp_path)
         ovauto = hdbet.predict(data, spacing, device="cpu", precision="auto", runtime="openvino", cache_dir=tmp_path)
     finally:

@@ -33,6 +33,7 @@ from fedglioma.preprocess.intensity import make_normaliser
 from fedglioma.settings import PercentileConfig, ZScoreConfig
 from tests.unit.preprocess_helpers import (
     dice,
+    hdbet_fp32_mask,
     hdbet_head,
     make_phantom,
     move_data,
@@ -553,6 +554,7 @@ def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
     from fedglioma.preprocess import hdbet
 
     data, spacing = hdbet_head()
+    fp32 = hdbet_fp32_mask()
     # one thread: the flush of denormals that predict() sets is per thread, and this process's torch worker
     # threads exist already (without it the fp32 passes take minutes on Intel cores)
     threads = torch.get_num_threads()
@@ -560,7 +562,6 @@ def test_hdbet_runner_equals_the_package_in_fp32_and_bf16_stays_close() -> None:
     try:
         with hdbet.flush_denormal():  # as predict runs the network
             _, reference = hd_bet(data, spacing, mode="fast", device="cpu", postprocess=True, do_tta=False)
-        fp32 = hdbet.predict(data, spacing, device="cpu", precision="fp32")
         assert np.array_equal(fp32, (reference > 0).astype(np.uint8))
         if not hdbet.bf16_supported("cpu"):
             pytest.skip("no native bf16 on this CPU")
