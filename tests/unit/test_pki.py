@@ -255,6 +255,9 @@ def test_bring_your_own_ca(tmp_path: Path) -> None:
     _, other_key, _ = own_ca(tmp_path / "another")
     with pytest.raises(InputError, match="is not the key of the CA certificate"):
         make_pki(tsv, tmp_path / "p3", server_name=NAMES, ca_cert=ca_cert, ca_key=other_key)
+    expired, expired_key, _ = own_ca(tmp_path / "expired", days=0)
+    with pytest.raises(InputError, match=r"ca\.pem: the CA certificate is not valid now"):
+        make_pki(tsv, tmp_path / "p3", server_name=NAMES, ca_cert=expired, ca_key=expired_key)
     with pytest.raises(InputError, match="not a CA certificate"):
         make_pki(tsv, tmp_path / "p3", server_name=NAMES, ca_cert=out / "coordinator" / "server.pem",
                  ca_key=out / "coordinator" / "server.key")
@@ -321,3 +324,20 @@ def test_the_command_line_does_not_import_cryptography() -> None:
             "import fedglioma.federation as f\nassert f.make_pki.__module__ == 'fedglioma.federation.pki'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_renewing_the_server_certificate_with_the_same_ca(tmp_path: Path) -> None:
+    """docs/federation.md, "Expiry and rotation": a new CA key encrypted with the passphrase; the same CA signs a
+    new server certificate that the sites' existing ca.crt accepts."""
+    tsv = sites_tsv(tmp_path / "sites.tsv")
+    first = tmp_path / "pki"
+    make_pki(tsv, first, server_name=NAMES, ca_key_password=b"pw")
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key((first / "ca" / "ca.key").read_bytes(), None)
+    manifest = make_pki(tsv, tmp_path / "pki-2029", server_name=[*NAMES, "fl.example"], days=365,
+                        ca_cert=first / "ca" / "ca.crt", ca_key=first / "ca" / "ca.key", ca_key_password=b"pw")
+    renewed = cert(tmp_path / "pki-2029" / "coordinator" / "server.pem")
+    site_ca = cert(first / "sites" / "A" / "ca.crt")
+    PolicyBuilder().store(Store([site_ca])).build_server_verifier(x509.DNSName("fl.example")).verify(renewed, [])
+    assert 364 <= (renewed.not_valid_after_utc - renewed.not_valid_before_utc).days <= 366
+    assert manifest["ca"]["sha256"] == json.loads((first / "manifest.json").read_text())["ca"]["sha256"]

@@ -29,7 +29,6 @@ created with mode 0600 and folders with 0700. An existing set is never overwritt
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -183,10 +182,13 @@ def load_ca(cert_path: str | Path, key_path: str | Path | None, *, password: byt
     if not is_ca:
         raise InputError("not a CA certificate (no BasicConstraints CA:TRUE)", file=cert_path,
                          fix="give the certificate of the CA itself, not one it issued (--ca-cert)")
-    with contextlib.suppress(x509.ExtensionNotFound):
+    try:
         if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
             raise InputError("the CA certificate may not sign certificates (KeyUsage without keyCertSign)",
                              file=cert_path, fix="use a CA whose certificate allows certificate signing")
+    except x509.ExtensionNotFound:
+        log.warning("%s has no KeyUsage extension: strict TLS clients refuse such a CA (RFC 5280 requires it)",
+                    cert_path)
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         raise InputError(f"the CA certificate is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
                          f"{cert.not_valid_after_utc:%Y-%m-%d})", file=cert_path,
