@@ -12,7 +12,6 @@ import shutil
 import ssl
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -316,14 +315,6 @@ def test_command_makes_what_the_function_makes(made: tuple[Path, dict], tmp_path
     assert sorted(other["sites"]) == sorted(manifest["sites"])
     assert main(argv) == 1  # refused: the set exists
     assert (cli / "manifest.json").read_text() == made_by_cli
-
-
-def test_the_command_line_does_not_import_cryptography() -> None:
-    code = ("import sys\nfrom fedglioma.cli import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in ('cryptography', 'flwr') if m in sys.modules))\n"
-            "import fedglioma.federation as f\nassert f.make_pki.__module__ == 'fedglioma.federation.pki'\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 def test_renewing_the_server_certificate_with_the_same_ca(tmp_path: Path) -> None:
