@@ -257,6 +257,17 @@ def test_bring_your_own_ca(tmp_path: Path) -> None:
     expired, expired_key, _ = own_ca(tmp_path / "expired", days=0)
     with pytest.raises(InputError, match=r"ca\.pem: the CA certificate is not valid now"):
         make_pki(tsv, tmp_path / "p3", server_name=NAMES, ca_cert=expired, ca_key=expired_key)
+    # an intermediate CA: the sites, trusting only ca.crt, would need the chain
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    inter = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Inter")]))
+             .issuer_name(ca.subject).public_key(inter_key.public_key()).serial_number(1)
+             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+             .sign(serialization.load_pem_private_key(ca_key.read_bytes(), b"secret"), hashes.SHA256()))
+    (tmp_path / "inter.pem").write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(InputError, match="inter.pem: an intermediate CA .*Fix: give the root CA"):
+        make_pki(tsv, tmp_path / "p3", ca_cert=tmp_path / "inter.pem", server_cert=False)
     with pytest.raises(InputError, match="not a CA certificate"):
         make_pki(tsv, tmp_path / "p3", server_name=NAMES, ca_cert=out / "coordinator" / "server.pem",
                  ca_key=out / "coordinator" / "server.key")

@@ -25,15 +25,17 @@ def _pki(args: argparse.Namespace) -> int:
         force=args.force,
     )
     ca, server = manifest["ca"], manifest["server"]
-    print(f"{args.out}/ca/            CA certificate" + (" and key: keep the key offline, with you"
-                                                          if ca["key"] else f" (given: {ca['source']})")
-          + f"; valid until {ca['not_after']}")
-    print(f"{args.out}/coordinator/   to the coordinator: "
-          + (f"server certificate for {', '.join(server['names'])} (until {server['not_after']}) and key, "
-             if server else "")
-          + "the CA certificate, the sites' public keys (supernodes/)")
-    for site, entry in manifest["sites"].items():
-        print(f"{args.out}/{entry['folder']}/  to site {site} only: SuperNode key {entry['fingerprint']}")
+    out = args.out.rstrip("/")
+    rows = [(f"{out}/ca/", "CA certificate" + (" and key (keep the key offline, with you)" if ca["key"]
+                                                else f" (given: {ca['source']})") + f", valid until {ca['not_after']}"),
+            (f"{out}/coordinator/", "to the coordinator: "
+             + (f"server certificate for {', '.join(server['names'])} and key (until {server['not_after']}), "
+                if server else "") + "CA certificate, the sites' public keys (supernodes/)")]
+    rows += [(f"{out}/{entry['folder']}/", f"to site {site} only: SuperNode key {entry['fingerprint']}")
+             for site, entry in manifest["sites"].items()]
+    width = max(len(folder) for folder, _ in rows)
+    for folder, what in rows:
+        print(f"{folder:<{width}}  {what}")
     for site, role in manifest["without_key"].items():
         print(f"(site {site}, role {role}: no key, it does not join the federation)")
     return 0

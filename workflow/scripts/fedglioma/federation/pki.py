@@ -182,6 +182,11 @@ def load_ca(cert_path: str | Path, key_path: str | Path | None, *, password: byt
     if not is_ca:
         raise InputError("not a CA certificate (no BasicConstraints CA:TRUE)", file=cert_path,
                          fix="give the certificate of the CA itself, not one it issued (--ca-cert)")
+    if cert.issuer != cert.subject:
+        raise InputError(f"an intermediate CA (issued by {cert.issuer.rfc4514_string()}): the sites trust ca.crt "
+                         "alone and would need the chain up to the root", file=cert_path,
+                         fix="give the root CA's certificate and key, or have the coordinator's certificate issued "
+                             "and give the root with --ca-cert and --no-server-cert")
     try:
         if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
             raise InputError("the CA certificate may not sign certificates (KeyUsage without keyCertSign)",
