@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "train": 4,
     "evaluate": 5,
     "report": 6,
-    "predict": 7,
+    **dict.fromkeys(("predict", "federation"), 7),  # federation: the Flower mode runs the steps of the layers below
     **dict.fromkeys(("registry", "cli", "smk", "audit", "check"), 8),
 }
 TOP = 8

@@ -35,17 +35,18 @@ def test_set_threads_does_not_import_torch() -> None:
 
 
 def test_command_line_and_configs_load_without_heavy_libraries() -> None:
-    """Building the ``fedglioma`` parser and reading the configuration import no torch/sklearn/ANTsPy;
-    the lazily exported names still resolve."""
+    """Building the ``fedglioma`` parser and reading the configuration import no torch/sklearn/ANTsPy, nor
+    cryptography/Flower (``fedglioma federation``); the lazily exported names still resolve."""
     code = (
         "import sys\n"
         "from fedglioma.cli import build_parser\n"
         "from fedglioma.settings import load_config\n"
         f"load_config({str(Path(__file__).resolve().parents[2] / 'config' / 'config.yaml')!r})\n"
         "build_parser()\n"
-        "print(sorted(m for m in ('torch', 'sklearn', 'ants') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'ants', 'cryptography', 'flwr') if m in sys.modules))\n"
         "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t, fedglioma.preprocess as pp\n"
-        "assert all(getattr(p, n) is not None for p in (f, m, t, pp) for n in p.__all__)\n"
+        "import fedglioma.federation as fl\n"
+        "assert all(getattr(p, n) is not None for p in (f, m, t, pp, fl) for n in p.__all__)\n"
         "assert f.FedAvg.__module__ == 'fedglioma.federated.strategies' and 'FedAvg' in dir(f)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
