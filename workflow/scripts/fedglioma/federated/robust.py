@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from fedglioma.federated.exchange import Update
+from fedglioma.federated.strategies import Median
 
 
 def update_norm(update: Update, global_prev: Mapping[str, torch.Tensor]) -> float:
@@ -48,6 +49,7 @@ def direction_cosines(updates: Mapping[str, Update], global_prev: Mapping[str, t
     sites = list(updates)
     if len(sites) < 3:
         raise ValueError(f"the direction check needs at least 3 updates, got {len(sites)}")
+    median = Median()
     dot = dict.fromkeys(sites, 0.0)
     own = dict.fromkeys(sites, 0.0)
     ref2 = dict.fromkeys(sites, 0.0)
@@ -55,9 +57,7 @@ def direction_cosines(updates: Mapping[str, Update], global_prev: Mapping[str, t
         base = prev.to(torch.float64).flatten()
         d = torch.stack([updates[s].get(k).to(torch.float64).flatten() - base for s in sites])
         for i, s in enumerate(sites):
-            others = torch.cat([d[:i], d[i + 1:]]).sort(dim=0).values
-            n = others.shape[0]
-            ref = others[n // 2] if n % 2 else (others[n // 2 - 1] + others[n // 2]) / 2
+            ref = median.reduce(torch.cat([d[:i], d[i + 1:]]).sort(dim=0).values)
             dot[s] += float(torch.dot(d[i], ref))
             own[s] += float(torch.dot(d[i], d[i]))
             ref2[s] += float(torch.dot(ref, ref))

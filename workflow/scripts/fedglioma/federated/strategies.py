@@ -33,12 +33,17 @@ from fedglioma.settings import FederatedConfig
 Tensors = dict[str, torch.Tensor]
 
 
-def _check_sites(updates: list[Update]) -> None:
+def _checked(updates: Iterable[Update]) -> list[Update]:
+    """The round's updates as a list: at least one, one per site."""
+    ups = list(updates)
+    if not ups:
+        raise ConfigError("no updates to aggregate")
     seen: set[str] = set()
-    for u in updates:
+    for u in ups:
         if u.site in seen:
             raise UpdateRejected(f"update from site {u.site}, round {u.round}: more than one update from this site")
         seen.add(u.site)
+    return ups
 
 
 class Strategy(ABC):
@@ -182,10 +187,7 @@ class _PerCoordinate(Strategy):
         updates: Iterable[Update],
         server_state: Mapping[str, torch.Tensor],
     ) -> tuple[Tensors, Tensors]:
-        ups = list(updates)
-        if not ups:
-            raise ConfigError("no updates to aggregate")
-        _check_sites(ups)
+        ups = _checked(updates)
         new: Tensors = {}
         for k, prev in global_prev.items():
             stacked = torch.stack([u.get(k).to(torch.float64) for u in ups])
@@ -301,10 +303,7 @@ class MultiKrum(Strategy):
         updates: Iterable[Update],
         server_state: Mapping[str, torch.Tensor],
     ) -> tuple[Tensors, Tensors]:
-        ups = list(updates)
-        if not ups:
-            raise ConfigError("no updates to aggregate")
-        _check_sites(ups)
+        ups = _checked(updates)
         kept = [ups[i] for i in self.select(global_prev, ups)]
         acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
         for u in kept:
