@@ -46,6 +46,23 @@ def _checked(updates: Iterable[Update]) -> list[Update]:
     return ups
 
 
+def _mean(global_prev: Mapping[str, torch.Tensor], updates: Iterable[Update], *, weighted: bool) -> Tensors:
+    """The mean of the updates in float64, each weighted by its ``n_train`` (``weighted``) or by 1, loading one
+    update at a time."""
+    acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
+    total = 0
+    for u in _checked(updates):
+        weight = u.n_train if weighted else 1
+        params = u.load()
+        for k in acc:
+            acc[k].add_(params[k].to(torch.float64), alpha=float(weight))
+        total += weight
+        del params
+    if total == 0:
+        raise ConfigError("no updates to aggregate")
+    return {k: v / total for k, v in acc.items()}
+
+
 class Strategy(ABC):
     """Server-side aggregation of one round."""
 
@@ -84,21 +101,7 @@ class FedAvg(Strategy):
         self, global_prev: Mapping[str, torch.Tensor], updates: Iterable[Update]
     ) -> dict[str, torch.Tensor]:
         """Streaming weighted mean in float64 (one update loaded at a time)."""
-        acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
-        total = 0
-        seen: set[str] = set()
-        for u in updates:
-            if u.site in seen:
-                raise UpdateRejected(f"update from site {u.site}, round {u.round}: more than one update from this site")
-            seen.add(u.site)
-            params = u.load()
-            for k in acc:
-                acc[k].add_(params[k].to(torch.float64), alpha=float(u.n_train))
-            total += u.n_train
-            del params
-        if total == 0:
-            raise ConfigError("no updates to aggregate")
-        return {k: v / total for k, v in acc.items()}
+        return _mean(global_prev, updates, weighted=True)
 
     def aggregate(
         self,
@@ -304,14 +307,8 @@ class MultiKrum(Strategy):
         server_state: Mapping[str, torch.Tensor],
     ) -> tuple[Tensors, Tensors]:
         ups = _checked(updates)
-        kept = [ups[i] for i in self.select(global_prev, ups)]
-        acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
-        for u in kept:
-            params = u.load()
-            for k in acc:
-                acc[k].add_(params[k].to(torch.float64))
-            del params
-        return {k: (acc[k] / len(kept)).to(global_prev[k].dtype) for k in global_prev}, {}
+        mean = _mean(global_prev, [ups[i] for i in self.select(global_prev, ups)], weighted=False)
+        return {k: mean[k].to(global_prev[k].dtype) for k in global_prev}, {}
 
     def round_record(self) -> dict[str, Any]:
         return self._record

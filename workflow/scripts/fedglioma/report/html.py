@@ -434,7 +434,7 @@ def report_context(
 
 def participation(training: pd.DataFrame | None) -> dict[str, Any] | None:
     """Who took part in each federated round, from the training-curves table: ``table`` (HTML, rounds x sites;
-    ``✓`` aggregated, ``clipped xS``, ``not_kept``, ``failed``, ``refused``, ``norm``), ``reasons`` (one line per site and round
+    ``✓`` aggregated, ``clipped xS``, ``not_kept``, ``failed``, ``refused``, ``direction``, ``norm``), ``reasons`` (one line per site and round
     left out or clipped) and ``complete`` (every site took part unclipped in every round). ``None`` without a
     table or without a ``status`` column."""
     if training is None or training.empty or "status" not in training:
