@@ -132,15 +132,9 @@ def run_step(work: Path, chain: str, step: str) -> dict[str, Any]:
     """Run one step of one chain in this process; timing and the peak RSS of this process."""
     import resource
 
-    from fedglioma.preprocess import (
-        coregister,
-        import_subject,
-        n4,
-        normalise,
-        register_atlas,
-        skullstrip,
-        training_file,
-    )
+    from fedglioma.preprocess import import_subject, n4, normalise, register_atlas, training_file
+    from fedglioma.preprocess.coregister import coregister
+    from fedglioma.preprocess.skullstrip import skullstrip
 
     p = json.loads((work / "chains.json").read_text())[chain][step]
     raw, sub = work / "raw", work / chain / "sub-001"

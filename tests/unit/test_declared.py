@@ -13,9 +13,11 @@ import pytest
 from fedglioma.constants import MODALITIES
 from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
-from fedglioma.preprocess import coregister, import_subject, register_atlas, skullstrip
+from fedglioma.preprocess import import_subject, register_atlas
 from fedglioma.preprocess.common import brain_name, read_state, tumour_name
+from fedglioma.preprocess.coregister import coregister
 from fedglioma.preprocess.site_checks import template_grid_problem
+from fedglioma.preprocess.skullstrip import skullstrip
 from fedglioma.preprocess.templates import load_template, template_transform
 from tests.unit.preprocess_helpers import dice, make_phantom, write_raw
 

@@ -16,20 +16,20 @@ from fedglioma.declared import Declared
 from fedglioma.errors import ConfigError, InputError
 from fedglioma.preprocess import (
     NORMALISERS,
-    coregister,
     import_subject,
     n4,
     normalise,
-    qc,
     qc_site,
     register_atlas,
-    skullstrip,
     to_native,
     training_file,
 )
 from fedglioma.preprocess.common import brain_name, image_name, read_state, tumour_name
+from fedglioma.preprocess.coregister import coregister
 from fedglioma.preprocess.importing import from_canonical, whole_tumour
 from fedglioma.preprocess.intensity import make_normaliser
+from fedglioma.preprocess.qc import qc
+from fedglioma.preprocess.skullstrip import skullstrip
 from fedglioma.settings import PercentileConfig, ZScoreConfig
 from tests.unit.preprocess_helpers import (
     dice,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from fedglioma.errors import InputError
 from fedglioma.smk import run, set_threads
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_set_threads_caps_env_and_an_imported_torch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,16 +37,20 @@ def test_set_threads_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+#: what neither the ``fedglioma`` command line nor the Snakefile may load before a step runs (seconds per process)
+HEAVY = ("torch", "sklearn", "ants", "cryptography", "flwr", "scipy", "nibabel", "pydicom", "matplotlib")
+
+
 def test_command_line_and_configs_load_without_heavy_libraries() -> None:
-    """Building the ``fedglioma`` parser and reading the configuration import no torch/sklearn/ANTsPy, nor
-    cryptography/Flower (``fedglioma federation``); the lazily exported names still resolve."""
+    """Building the ``fedglioma`` parser and reading the configuration import none of :data:`HEAVY` (nor pandas),
+    the lazily exported names still resolve."""
     code = (
         "import sys\n"
         "from fedglioma.cli import build_parser\n"
         "from fedglioma.settings import load_config\n"
         f"load_config({str(Path(__file__).resolve().parents[2] / 'config' / 'config.yaml')!r})\n"
         "build_parser()\n"
-        "print(sorted(m for m in ('torch', 'sklearn', 'ants', 'cryptography', 'flwr') if m in sys.modules))\n"
+        f"print(sorted(m for m in {(*HEAVY, 'pandas')!r} if m in sys.modules))\n"
         "import fedglioma.federated as f, fedglioma.model as m, fedglioma.train as t, fedglioma.preprocess as pp\n"
         "import fedglioma.federation as fl\n"
         "assert all(getattr(p, n) is not None for p in (f, m, t, pp, fl) for n in p.__all__)\n"
@@ -55,6 +62,17 @@ def test_command_line_and_configs_load_without_heavy_libraries() -> None:
         import fedglioma.federated
 
         _ = fedglioma.federated.nope
+
+
+def test_snakefile_imports_no_heavy_library() -> None:
+    """The package imports of ``workflow/rules/common.smk`` (run by every ``snakemake`` call, and by every cluster
+    job's own snakemake) load none of :data:`HEAVY`: torch alone costs seconds per call."""
+    lines = [line for line in (REPO / "workflow" / "rules" / "common.smk").read_text().splitlines()
+             if re.match(r"(from|import) fedglioma\b", line)]
+    assert len(lines) >= 5, lines
+    code = "import sys\n" + "\n".join(lines) + f"\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _job(tmp_path: Path) -> SimpleNamespace:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedglioma.errors import ConfigError
 from fedglioma.settings import AttackConfig
+
+if TYPE_CHECKING:  # torch is imported where an attack runs: the Snakefile imports check_attack_site
+    import torch
 
 #: Sidecar fields recomputed by :func:`fedglioma.federated.exchange.save_params`.
 _COMPUTED = ("sha256", "file", "format", "format_version", "n_tensors", "numel")
@@ -35,6 +37,8 @@ def check_attack_site(attack: AttackConfig, train_sites: Sequence[str]) -> None:
 def attack_tensors(update: Mapping[str, torch.Tensor], global_prev: Mapping[str, torch.Tensor], attack: AttackConfig,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The manipulated shared parameters (see the module docstring); names, shapes and dtypes unchanged."""
+    import torch
+
     out = {}
     for k, w in update.items():
         base = global_prev[k].to(torch.float64)
@@ -53,6 +57,8 @@ def attack_tensors(update: Mapping[str, torch.Tensor], global_prev: Mapping[str,
 def attack_update_file(site_update: str | Path, global_model: str | Path, attack: AttackConfig, *,
                        site_local_patterns: Sequence[str], seed: int) -> None:
     """Rewrite the update file ``site_update`` (and its sidecar) as the attacker sends it."""
+    import torch
+
     from fedglioma.federated.exchange import load_params, save_params
     from fedglioma.federated.params import split_params
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from fedglioma.config import layout_options, load_sites
 from fedglioma.settings import add_config_arguments, config_of
 
 
 def _check_inputs(args: argparse.Namespace) -> int:
     from fedglioma.check import check_site, site_summary, summary_table
+    from fedglioma.config import layout_options, load_sites
 
     config = config_of(args)
     rows = load_sites(args.sites or config["sites"])

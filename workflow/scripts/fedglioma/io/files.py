@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from fedglioma.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # pandas loads with the first table: the command line and the Snakefile read JSON only
+    import pandas as pd
 
 
 def read_tsv(path: str | Path, *, what: str, text: bool = False) -> pd.DataFrame:
     """Read a TSV (subject and site IDs as text; empty cells are missing, or ``""`` with ``text``: every column
     is then read as text)."""
+    import pandas as pd
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} not found", file=p)

@@ -25,10 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-from fedglioma import __version__, metrics
+from fedglioma import __version__
 from fedglioma.atomic import atomic_dir, atomic_path, write_json
 from fedglioma.constants import ID_PATTERN, MODALITIES
 from fedglioma.declared import Declared
@@ -122,6 +121,8 @@ def _check_brain(subject_dir: Path, qc_thresholds: Mapping[str, Any], *, site: s
     """The skull-stripped brain's volume in mL; refuses an empty or implausible mask (not a head, or a failed
     skull stripping), with the bundle's QC range, measured as QC measures it. ``image`` is the input the error
     names (the T1c given)."""
+    import nibabel as nib
+
     from fedglioma.preprocess.common import voxel_volume_ml
     from fedglioma.preprocess.qc import find_step_dir
 
@@ -180,6 +181,8 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
     ``hdbet_runtime`` replaces the recipe's ``skullstrip.runtime`` (how HD-BET's network runs on this machine, not
     what it computes: masks agree to Dice >= 0.999, docs/benchmarks.md section 8).
     """
+    import nibabel as nib
+
     from fedglioma.predict.bundle import load_bundle
     from fedglioma.predict.page import write_page
     from fedglioma.preprocess.chain import run_chain
@@ -260,6 +263,8 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
             raise RuntimeError(f"the native mask {mask.shape} does not lie on the input T1c grid {t1c.shape[:3]}")
         with atomic_path(tmp / mask_name(subject)) as m:
             nib.save(mask_img, str(m))
+        from fedglioma import metrics
+
         volume_ml = metrics.volume_ml(mask, t1c.header.get_zooms()[:3])  # as the evaluation's volume difference
         timed("native_mask", time.perf_counter() - t0)
         doc: dict[str, Any] = {

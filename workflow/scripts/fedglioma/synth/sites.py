@@ -8,7 +8,6 @@ import re
 import string
 from dataclasses import dataclass, field, replace
 
-import nibabel as nib
 import numpy as np
 
 from fedglioma.constants import ID_PATTERN, MODALITIES
@@ -51,7 +50,9 @@ class GridSpec:
 
     def affine(self) -> np.ndarray:
         """(4, 4) voxel -> scanner-RAS mm affine, the grid centred on the isocentre."""
-        ornt = nib.orientations.axcodes2ornt(tuple(self.orientation))
+        from nibabel.orientations import axcodes2ornt
+
+        ornt = axcodes2ornt(tuple(self.orientation))
         affine = np.zeros((4, 4))
         for i, (axis, flip) in enumerate(ornt):
             affine[int(axis), i] = flip * self.voxel_size[i]
@@ -68,7 +69,9 @@ class GridSpec:
         if any(not 0.3 <= v <= 8.0 for v in self.voxel_size):
             raise ConfigError(f"{where}: voxel_size {self.voxel_size} outside 0.3..8 mm")
         try:
-            ornt = nib.orientations.axcodes2ornt(tuple(self.orientation))
+            from nibabel.orientations import axcodes2ornt
+
+            ornt = axcodes2ornt(tuple(self.orientation))
         except Exception as exc:
             raise ConfigError(f"{where}: orientation {self.orientation!r} is not a NIfTI axis code") from exc
         if len(self.orientation) != 3 or np.isnan(ornt).any() or len(set(ornt[:, 0])) != 3:
