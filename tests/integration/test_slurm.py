@@ -339,7 +339,9 @@ def workflow_case(tmp_path: Path) -> WorkflowCase:
     from fedglioma.synth import default_site_specs, site_subject_ids
     from tests.integration.tiny import REPO, TINY_CONFIG, write_tiny
 
-    cfg = {**TINY_CONFIG, "cluster": {"coordinator_partition": "coord", "coordinator_account": "coord"}}
+    cfg = {**TINY_CONFIG, "cluster": {"coordinator_partition": "coord", "coordinator_account": "coord"},
+           # one subject per site: the case checks where jobs run, and each generated subject costs seconds
+           "demo": {**TINY_CONFIG["demo"], "subjects_per_site": 1, "external_subjects": 1}}
     extra = {s: {"slurm_partition": p, "slurm_account": a} for s, (p, a) in WORKFLOW_SITES.items() if s != "X"}
     workdir = write_tiny(tmp_path / "workflow", cfg, extra_columns=extra)
     targets = []

@@ -21,7 +21,8 @@ TINY_CONFIG = {
         "grid": {"grid_spacing": 6.0, "grid_shape": [24, 32, 24]},
         # short schedules: the tests check the plumbing, the unit tests and benchmarks the accuracy
         "coregister": {"iterations": [30, 10]},
-        "atlas": {"iterations": [40, 20, 0]},
+        # every step after the atlas registration works on a 2 mm template grid (the network's is 6 mm)
+        "atlas": {"iterations": [40, 20, 0], "resolution_mm": 2.0},
         "n4": {"shrink_factor": 8, "iterations": [10, 10]},
     },
     "model": {"width": 4, "depth": 2},
