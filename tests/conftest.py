@@ -90,3 +90,21 @@ def write_sites_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
     lines = ["\t".join(cols)] + ["\t".join(r.get(c, "") for c in cols) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# ---- parallel runs (pytest-xdist, `make test` runs `-n 2 --dist loadgroup`) ----
+#: Modules that share a session fixture run on one worker, so that it is built once: the tiny workflow
+#: (``tiny_run``) and the HD-BET fp32 reference mask (``preprocess_helpers.hdbet_fp32_mask``, cached per process).
+SHARED_GROUPS: dict[str, str] = {
+    **dict.fromkeys(("test_failed_site", "test_kill_resume", "test_predict", "test_workflow"), "tiny_run"),
+    **dict.fromkeys(("test_hdbet_runtime", "test_preprocess"), "hdbet_fp32"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module is one unit of work for the workers (its module-scoped fixtures are built once), and the
+    modules of :data:`SHARED_GROUPS` one unit together. Without ``-n`` the marks do nothing."""
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else item.nodeid
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
