@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 REALDATA := $(VENV)/realdata
 REALDATA_STAMP := $(REALDATA)/.fetched
 CORES  ?= all
-# pytest-xdist workers of `make test` (each module, or group of modules sharing a fixture, runs on one)
+# pytest-xdist workers of `make test` (each module, or group of modules sharing a fixture, runs on one:
+# tests/conftest.py)
 TEST_WORKERS ?= 2
 SNAKEMAKE := $(BIN)/snakemake
 
@@ -77,7 +78,7 @@ system-deps:
 # In CI (CI=true) a skipped SLURM or real-data test is a failure: both must run there.
 test: lint system-deps $(REALDATA_STAMP)
 	XDG_DATA_HOME=$(CURDIR)/.venv/xdg FEDGLIOMA_REQUIRE_SLURM=$${CI:+1} FEDGLIOMA_REQUIRE_REALDATA=$${CI:+1} \
-		$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup tests
+		$(BIN)/pytest -n $(TEST_WORKERS) tests
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick

@@ -92,7 +92,8 @@ def write_sites_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-# ---- parallel runs (pytest-xdist, `make test` runs `-n 2 --dist loadgroup`) ----
+
+# ---- parallel runs (pytest-xdist: `make test` runs `-n 2`) ----
 #: Modules that share a session fixture run on one worker, so that it is built once: the tiny workflow
 #: (``tiny_run``) and the HD-BET fp32 reference mask (``preprocess_helpers.hdbet_fp32_mask``, cached per process).
 SHARED_GROUPS: dict[str, str] = {
@@ -101,10 +102,15 @@ SHARED_GROUPS: dict[str, str] = {
 }
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module is one unit of work for the workers (its module-scoped fixtures are built once), and the
-    modules of :data:`SHARED_GROUPS` one unit together. Without ``-n`` the marks do nothing."""
-    for item in items:
-        module = getattr(item, "module", None)
-        name = module.__name__.rsplit(".", 1)[-1] if module is not None else item.nodeid
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each module is one unit of work for the workers (its module-scoped fixtures are built once), the modules
+    of :data:`SHARED_GROUPS` one unit together. (xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks into
+    node IDs, which pytest 9 ignores: its tests spread over the workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return SHARED_GROUPS.get(module, module)
+
+    return ModuleGroupScheduling(config, log)
