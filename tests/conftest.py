@@ -104,8 +104,8 @@ SHARED_GROUPS: dict[str, str] = {
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Each module is one unit of work for the workers (its module-scoped fixtures are built once), the modules
-    of :data:`SHARED_GROUPS` one unit together. (xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks into
-    node IDs, which pytest 9 ignores: its tests spread over the workers.)"""
+    of :data:`SHARED_GROUPS` one unit together. (xdist's own ``--dist loadgroup`` did not group under pytest 9.2:
+    tests marked with one ``xdist_group`` still went to both workers.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleGroupScheduling(LoadScopeScheduling):
