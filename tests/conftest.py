@@ -92,7 +92,6 @@ def write_sites_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-
 # ---- parallel runs (pytest-xdist: `make test` runs `-n 2`) ----
 #: Modules that share a session fixture run on one worker, so that it is built once: the tiny workflow
 #: (``tiny_run``) and the HD-BET fp32 reference mask (``preprocess_helpers.hdbet_fp32_mask``, cached per process).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -46,12 +46,12 @@ def _checked(updates: Iterable[Update]) -> list[Update]:
     return ups
 
 
-def _mean(global_prev: Mapping[str, torch.Tensor], updates: Iterable[Update], *, weighted: bool) -> Tensors:
-    """The mean of the updates in float64, each weighted by its ``n_train`` (``weighted``) or by 1, loading one
-    update at a time."""
+def _mean(global_prev: Mapping[str, torch.Tensor], updates: Sequence[Update], *, weighted: bool) -> Tensors:
+    """The mean of the (:func:`_checked`) updates in float64, each weighted by its ``n_train`` (``weighted``) or by
+    1, loading one update at a time."""
     acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in global_prev.items()}
     total = 0
-    for u in _checked(updates):
+    for u in updates:
         weight = u.n_train if weighted else 1
         params = u.load()
         for k in acc:
@@ -101,7 +101,7 @@ class FedAvg(Strategy):
         self, global_prev: Mapping[str, torch.Tensor], updates: Iterable[Update]
     ) -> dict[str, torch.Tensor]:
         """Streaming weighted mean in float64 (one update loaded at a time)."""
-        return _mean(global_prev, updates, weighted=True)
+        return _mean(global_prev, _checked(updates), weighted=True)
 
     def aggregate(
         self,

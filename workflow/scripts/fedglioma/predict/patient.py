@@ -183,6 +183,7 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
     """
     import nibabel as nib
 
+    from fedglioma import metrics
     from fedglioma.predict.bundle import load_bundle
     from fedglioma.predict.page import write_page
     from fedglioma.preprocess.chain import run_chain
@@ -263,8 +264,6 @@ def run_prediction(images: Mapping[str, str | Path] | None, out: str | Path, bun
             raise RuntimeError(f"the native mask {mask.shape} does not lie on the input T1c grid {t1c.shape[:3]}")
         with atomic_path(tmp / mask_name(subject)) as m:
             nib.save(mask_img, str(m))
-        from fedglioma import metrics
-
         volume_ml = metrics.volume_ml(mask, t1c.header.get_zooms()[:3])  # as the evaluation's volume difference
         timed("native_mask", time.perf_counter() - t0)
         doc: dict[str, Any] = {

@@ -2,17 +2,15 @@
 
 Each step reads the previous step folder and writes the next one atomically:
 
-==========================================  ==========================================================
-:func:`~fedglioma.preprocess.importing.import_subject`   checked loading, header/FOV/label checks, RAS reorientation
-:func:`~fedglioma.preprocess.coregister.coregister`      T1, T2, FLAIR rigidly onto the T1c grid
-:func:`~fedglioma.preprocess.skullstrip.skullstrip`      HD-BET (or atlas / declared skull-stripped) brain mask
-:func:`~fedglioma.preprocess.atlas.register_atlas`       T1c brain -> brain template, applied to all images and masks
-:func:`~fedglioma.preprocess.intensity.n4`               N4 bias-field correction inside the brain mask
-:func:`~fedglioma.preprocess.intensity.normalise`        intensity normalisation (``NORMALISERS``)
-:func:`~fedglioma.preprocess.grid.training_file`         network-grid ``sub-{subject}_train.npz`` + ``_grid.json``
-:func:`~fedglioma.preprocess.grid.to_native`             network-grid array -> original T1c grid
-:func:`~fedglioma.preprocess.qc.qc`, ``qc.qc_site``      QC figure, row and site table
-==========================================  ==========================================================
+- ``importing.import_subject``: checked loading, header/FOV/label checks, RAS reorientation;
+- ``coregister.coregister``: T1, T2, FLAIR rigidly onto the T1c grid;
+- ``skullstrip.skullstrip``: HD-BET (or atlas / declared skull-stripped) brain mask;
+- ``atlas.register_atlas``: T1c brain -> brain template, applied to all images and masks;
+- ``intensity.n4``: N4 bias-field correction inside the brain mask;
+- ``intensity.normalise``: intensity normalisation (``NORMALISERS``);
+- ``grid.training_file``: network-grid ``sub-{subject}_train.npz`` + ``_grid.json``;
+- ``grid.to_native``: network-grid array -> original T1c grid;
+- ``qc.qc``, ``qc.qc_site``: QC figure, row and site table.
 
 The package imports nothing until a name is used (:mod:`fedglioma.lazy`): the Snakefile and the ``fedglioma``
 command line read paths and options from :mod:`fedglioma.preprocess.chain` and ``preprocess.cli`` without
