@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "fedgli
 #: Layer of each top-level module or sub-package, lowest first. Command-line modules (``*/cli.py``) and the
 #: modules that wire steps to rules and commands sit on top and may import anything.
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(("atomic", "errors", "constants", "logs", "lazy", "declared", "settings", "endpoints", "metrics", "faults"), 0),
+    **dict.fromkeys(("atomic", "errors", "constants", "logs", "lazy", "declared", "settings", "endpoints", "metrics", "faults", "threads"), 0),
     **dict.fromkeys(("io", "config"), 1),
     **dict.fromkeys(("preprocess", "synth", "model"), 2),
     "federated": 3,

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from fedglioma.errors import InputError
-from fedglioma.smk import run, set_threads
+from fedglioma.smk import run
+from fedglioma.threads import set_threads
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def test_set_threads_caps_env_and_an_imported_torch(monkeypatch: pytest.MonkeyPa
 
 
 def test_set_threads_does_not_import_torch() -> None:
-    code = "import sys; from fedglioma.smk import set_threads; set_threads(2); print('torch' in sys.modules)"
+    code = "import sys; from fedglioma.threads import set_threads; set_threads(2); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -301,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction, group: str, *, selected: st
 
 def _handler(step: Step) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        from fedglioma.smk import set_threads
+        from fedglioma.threads import set_threads
 
         func = function(step)
         kwargs = cli_kwargs(func, args)

@@ -10,7 +10,7 @@ import argparse
 def _predict(args: argparse.Namespace) -> int:
     from fedglioma.predict.patient import predict_patient
     from fedglioma.registry import cli_kwargs
-    from fedglioma.smk import set_threads
+    from fedglioma.threads import set_threads
 
     kwargs = cli_kwargs(predict_patient, args)
     set_threads(kwargs.get("threads", 1))
