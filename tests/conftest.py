@@ -96,7 +96,8 @@ def write_sites_tsv(path: Path, rows: list[dict[str, str]]) -> Path:
 #: Modules that share a session fixture run on one worker, so that it is built once: the tiny workflow
 #: (``tiny_run``) and the HD-BET fp32 reference mask (``preprocess_helpers.hdbet_fp32_mask``, cached per process).
 SHARED_GROUPS: dict[str, str] = {
-    **dict.fromkeys(("test_failed_site", "test_kill_resume", "test_predict", "test_workflow"), "tiny_run"),
+    **dict.fromkeys(("test_failed_site", "test_flower", "test_kill_resume", "test_predict", "test_workflow"),
+                    "tiny_run"),
     **dict.fromkeys(("test_hdbet_runtime", "test_preprocess"), "hdbet_fp32"),
 }
 

@@ -32,8 +32,8 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "predict": ("new patients: one patient from NIfTI or DICOM with a model bundle; the bundle; a predict site",
                 ("fedglioma.predict.cli",)),
     "workflow": ("checks of the workflow itself (site scope of every job)", ("fedglioma.audit",)),
-    "federation": ("the cross-institution mode over Flower (being built, issue 18): the consortium's certificates "
-                   "and SuperNode keys", ("fedglioma.federation.cli",)),
+    "federation": ("the cross-institution mode over Flower: the consortium's certificates and keys, the "
+                   "coordinator's SuperLink and run, a site's SuperNode", ("fedglioma.federation.cli",)),
 }
 
 

@@ -162,6 +162,19 @@ def train_site_round(global_model: str, training_set: str, labels: str, site_upd
                            seed=derive_seed(t.seed, "attack", site, round))
 
 
+def record_missed_round(global_model: str, site_update: str, local: str, local_state: str | None, *, site: str,
+                        round: int, federated_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
+                        reason: str) -> None:
+    """A round the site did not train in at all (across institutions: its SuperNode was down), recorded as the
+    workflow records a site whose attempts all failed: an empty update with ``status: failed`` and ``reason``, and
+    the site-local parameters carried over (``local_state``: the previous round's ``local.safetensors``; without
+    one, those of ``global_model``, any global model of the run: site-local parameters are never aggregated)."""
+    _check_sidecar(site_update, str(Path(site_update).with_suffix(".json")))
+    f, t = section(FederatedConfig, federated_cfg, "federated"), section(TrainConfig, train_cfg, "train")
+    _record_failure(global_model, site_update, local, local_state, site=site, round=round,
+                    patterns=f.site_local_patterns, reason=reason, attempts=0, private=t.privacy.enabled)
+
+
 def _record_failure(global_model: str, site_update: str, local: str, local_state: str | None, *, site: str,
                     round: int, patterns: Sequence[str], reason: str, attempts: int, private: bool) -> None:
     """The outputs of a site that failed the round: an empty update whose sidecar says ``status: failed`` and why,
