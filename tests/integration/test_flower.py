@@ -5,7 +5,9 @@ started with ``fedglioma federation`` commands, each site in its own folder hold
 1. Two rounds over Flower give the Snakemake mode's bytes: every global model, every site's update and
    validation, and ``final.json``. A third SuperNode with a key the SuperLink does not know is refused.
 2. A SuperNode killed in the middle of round 1: the round closes with the other site and records the dropout;
-   the restarted SuperNode rejoins in round 2.
+   the restarted SuperNode rejoins a later round.
+3. Secure aggregation (Flower's SecAgg+): the coordinator receives no site's update, and its global model is
+   FedAvg of the sites' updates within the stated quantisation bound.
 """
 
 from __future__ import annotations
@@ -135,6 +137,17 @@ def pilot(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         p.stop()
 
 
+def stop_sites(p: Pilot, *names: str) -> None:
+    """Stop SuperNodes as a site stops them (SIGTERM: the SuperLink then lets their keys join again at once),
+    then whatever they left."""
+    for name in names:
+        p.procs[name].terminate()
+    for name in names:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.procs[name].wait(timeout=20)
+        p.kill_home(f"home-{name}")
+
+
 def start_site(p: Pilot, port: int, site: str, workdir: Path, name: str, *, pki: Path | None = None,
                retry_for: float = 300) -> subprocess.Popen[bytes]:
     return p.start(name, "supernode", "--site", site, "--pki", str(pki or p.base / "pki" / "sites" / site),
@@ -158,13 +171,8 @@ def test_two_rounds_over_flower_give_the_snakemake_bytes(tiny_run: Path, pilot: 
     try:
         res = p.cli("run", "--workdir", str(coord), "--round-deadline", "600", "--round-timeout", "900",
                     "--join-timeout", "120", home="home-coordinator")
-    finally:  # stopped as a site stops it (the SuperLink then lets its key join again at once)
-        for s in TRAIN:
-            p.procs[f"run1-site-{s}"].terminate()
-        for s in TRAIN:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.procs[f"run1-site-{s}"].wait(timeout=20)
-            p.kill_home(f"home-run1-site-{s}")
+    finally:
+        stop_sites(p, *(f"run1-site-{s}" for s in TRAIN))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:] + p.log("superlink")[-4000:]
 
     snk, fl = tiny_run / "results" / "federated", coord / "results" / "federated"
@@ -216,6 +224,7 @@ def test_a_supernode_killed_mid_round_is_recorded_and_rejoins(tiny_run: Path, pi
         finally:
             with contextlib.suppress(OSError):
                 os.killpg(run.pid, signal.SIGKILL)
+            stop_sites(p, "run2-site-A", "run2-site-B-again")
 
     fl = coord / "results" / "federated"
     r1 = json.loads((fl / "round-1/global.json").read_text())
@@ -230,3 +239,45 @@ def test_a_supernode_killed_mid_round_is_recorded_and_rejoins(tiny_run: Path, pi
     missed = json.loads((sites["B"] / "results/sites/B/federated/round-1/update.json").read_text())
     assert missed["status"] == "failed"
     assert json.loads((fl / "final.json").read_text())["round"] in (1, 2, 3)
+
+
+def test_secure_aggregation_is_fedavg_within_the_quantisation_bound(tiny_run: Path, pilot: tuple[Pilot, int]) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from fedglioma.federated.aggregate import aggregate_files
+    from fedglioma.federated.strategies import make_strategy
+    from fedglioma.settings import FederatedConfig
+
+    p, port = pilot
+    config = yaml.safe_load((tiny_run / "config" / "config.yaml").read_text())
+    config["federated"] = {**config["federated"], "rounds": 1}
+    coord = coordinator_folder(tiny_run, p.base / "run3" / "coordinator", config)
+    sites = {s: site_folder(tiny_run, p.base / "run3" / f"site-{s}", s, config) for s in TRAIN}
+    for s, d in sites.items():
+        start_site(p, port, s, d, f"run3-site-{s}")
+    try:
+        res = p.cli("run", "--workdir", str(coord), "--secure-aggregation", "--round-deadline", "600",
+                    "--round-timeout", "900", "--join-timeout", "120", home="home-coordinator")
+    finally:
+        stop_sites(p, *(f"run3-site-{s}" for s in TRAIN))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+
+    fl = coord / "results" / "federated"
+    assert not (fl / "round-1" / "received").exists() or not list((fl / "round-1" / "received").rglob("*.safetensors"))
+    side = json.loads((fl / "round-1/global.json").read_text())
+    assert [e["site"] for e in side["sites"]] == list(TRAIN) and side["excluded"] == []
+    bound = side["secure_aggregation"]["error_bound"]
+    # plain FedAvg of the very updates the sites trained (they never left the sites)
+    updates = [sites[s] / f"results/sites/{s}/federated/round-1/update.safetensors" for s in TRAIN]
+    reference = p.base / "run3" / "fedavg.safetensors"
+    aggregate_files(make_strategy(FederatedConfig(strategy="fedavg")), updates, fl / "round-0/global.safetensors",
+                    reference, 1, sites=list(TRAIN), min_sites=2)
+    ours, plain = load_file(fl / "round-1/global.safetensors"), load_file(reference)
+    assert ours.keys() == plain.keys()
+    diff = max(float(np.abs(ours[k].astype(np.float64) - plain[k]).max()) for k in ours)
+    assert 0 < diff <= bound, (diff, bound)
+    print(f"secure aggregation vs FedAvg: max |difference| {diff:.3g}, bound {bound:.3g}")
+    # the sites validated the securely aggregated model, and the selection ran
+    assert json.loads((fl / "round-1/validated.json").read_text())["sites"] == list(TRAIN)
+    assert json.loads((fl / "final.json").read_text())["round"] == 1

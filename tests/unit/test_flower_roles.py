@@ -208,3 +208,18 @@ def test_a_site_that_sent_nothing_is_left_out_of_the_round_with_the_reason(coord
         SiteRole.open("X", coordinator.workdir)
     with pytest.raises(InputError, match="has not prepared its training set"):
         SiteRole.open("A", coordinator.workdir)
+
+
+def test_secure_aggregation_refuses_what_needs_single_updates() -> None:
+    from fedglioma.federation.secure import check_config, error_bound
+
+    base = {"strategy": "fedavg", "update_norm_bound": None, "update_min_cosine": None}
+    check_config({"federated": base})
+    check_config({"federated": {**base, "strategy": "fedprox"}})
+    for strategy in ("median", "trimmed_mean", "multi_krum", "fedadam"):
+        with pytest.raises(ConfigError, match=f"strategy '{strategy}' needs each site's update"):
+            check_config({"federated": {**base, "strategy": strategy}})
+    with pytest.raises(ConfigError, match="update_norm_bound .*; federated.update_min_cosine"):
+        check_config({"federated": {**base, "update_norm_bound": 3.0, "update_min_cosine": 0.0}})
+    # two equal sites: one quantisation step (16 / 2**22) each over a total weight of 2, plus float32 rounding
+    assert error_bound([2, 2], 2) == pytest.approx(2 * 16 / 2**22 / 2 + 8 * 2.0**-23)

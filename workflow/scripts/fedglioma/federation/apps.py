@@ -16,6 +16,7 @@ Payloads are raw bytes: a parameter file travels as one ``uint8`` :class:`flwr.a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -32,6 +33,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedglioma.atomic import write_json
 from fedglioma.errors import ConfigError, FedgliomaError
 from fedglioma.federation.roles import CoordinatorRole, Payload, SiteRole
+from fedglioma.federation.secure import check_config, fit_reply, secure_mod, secure_round
 
 log = logging.getLogger("fedglioma.federation")
 
@@ -70,17 +72,18 @@ def _role(context: Context) -> SiteRole:
 
 
 # ---- the ClientApp ---------------------------------------------------------------------------------------------
-client = ClientApp()
+client = ClientApp(mods=[secure_mod])
 
 
 @client.query()
 def _hello(msg: Message, context: Context) -> Message:
     role = _role(context)
-    return Message(RecordDict({"site": ConfigRecord({"site": role.site, "digest": role.digest})}), reply_to=msg)
+    return Message(RecordDict({"site": ConfigRecord({"site": role.site, "digest": role.digest,
+                                                     "n_subjects": role.n_subjects})}), reply_to=msg)
 
 
-def _checked(msg: Message, role: SiteRole) -> int:
-    cfg = msg.content["round"]
+def _checked(msg: Message, role: SiteRole, record: str = "round") -> int:
+    cfg = msg.content[record]
     if str(cfg["digest"]) != role.digest:
         raise ConfigError(f"site {role.site}: the coordinator's config differs from this site's in the sections "
                           "model, train, federated, endpoints or attack. Fix: use the consortium's config")
@@ -90,6 +93,14 @@ def _checked(msg: Message, role: SiteRole) -> int:
 @client.train()
 def _train(msg: Message, context: Context) -> Message:
     role = _role(context)
+    if "fitins.config" in msg.content.config_records:  # a SecAgg+ round: only the masked sum leaves the site
+        cfg = msg.content["fitins.config"]
+        rnd = _checked(msg, role, "fitins.config")
+        update = role.train(rnd, Payload(bytes(cfg["model"]), str(cfg["sidecar"])))
+        side = json.loads(update.sidecar)
+        if side.get("status") == "failed":
+            raise ConfigError(f"site {role.site}, round {rnd}: training failed: {side.get('reason')}")
+        return Message(fit_reply(str(role.update_path(rnd)), int(side["n_train"])), reply_to=msg)
     rnd = _checked(msg, role)
     update = role.train(rnd, unpack(msg.content))
     return Message(pack(update), reply_to=msg)
@@ -125,6 +136,7 @@ class Roster:
 
     nodes: dict[str, int] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
+    n_subjects: dict[str, int] = field(default_factory=dict)
 
     def discover(self, grid: Grid, coord: CoordinatorRole, timeout: float) -> None:
         """Ask every SuperNode not yet known who it is."""
@@ -148,6 +160,7 @@ class Roster:
                                       "train, federated, endpoints or attack")
             else:
                 self.nodes[site] = node
+                self.n_subjects[site] = int(reply.content["site"].get("n_subjects", 1))
                 log.info("site %s joined (SuperNode %s)", site, node)
                 continue
             log.error("SuperNode %s left out: %s", node, self.refused[node])
@@ -201,10 +214,12 @@ def _error(reply: Message) -> str:
     return f"the site's ClientApp failed: {reply.error.reason}"
 
 
-def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines,
-                   clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines, *, secure: Context | None = None,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Every round of the federation, from the first round not yet done (a restarted coordinator goes on), then
-    the model selection. Returns ``final.json``'s content."""
+    the model selection. ``secure``: the ServerApp's context, to train every round under SecAgg+
+    (:mod:`fedglioma.federation.secure`). Returns ``final.json``'s content."""
     roster = Roster()
     start = clock()
     while True:
@@ -225,7 +240,12 @@ def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines,
         roster.discover(grid, coord, timeout=30.0)
         t0 = clock()
         common = ConfigRecord({"round": rnd, "digest": coord.digest})
-        if not coord.path(f"results/federated/round-{rnd}/global.json").is_file():
+        if secure is not None and not coord.path(f"results/federated/round-{rnd}/global.json").is_file():
+            side = secure_round(grid, secure, coord, roster.nodes, rnd, previous, roster.n_subjects,
+                                timeout=deadlines.timeout)
+            log.info("round %d: secure aggregation of %s (error bound %.3g per parameter)", rnd,
+                     ", ".join(e["site"] for e in side["sites"]), side["secure_aggregation"]["error_bound"])
+        elif not coord.path(f"results/federated/round-{rnd}/global.json").is_file():
             out = _messages(roster, pack(previous, round=common), "train", rnd, deadlines)
             replies, away = collect(grid, out, t0, deadlines, coord.min_sites, clock=clock, sleep=sleep)
             for site in coord.sites:
@@ -261,10 +281,10 @@ def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines,
 
 
 def _delivered(coord: CoordinatorRole, rnd: int) -> set[str]:
-    """The sites that hold round ``rnd``'s local state (they replied to its training, even with a failure)."""
-    import json
-
-    out = set()
+    """The sites that hold round ``rnd``'s local state: they replied to its training, even with a failure (under
+    secure aggregation: they took part in it)."""
+    glob = json.loads(coord.path(f"results/federated/round-{rnd}/global.json").read_text())
+    out = {e["site"] for e in glob.get("sites", [])}
     for site in coord.sites:
         side = coord.path(f"results/federated/round-{rnd}/received/{site}/update.json")
         if side.is_file() and json.loads(side.read_text()).get("attempts") != 0:
@@ -291,7 +311,10 @@ def _main(grid: Grid, context: Context) -> None:
     try:
         coord = CoordinatorRole.open(workdir, str(cfg.get("config", "config/config.yaml")))
         deadlines = Deadlines(float(cfg["round-deadline"]), float(cfg["round-timeout"]), float(cfg["join-timeout"]))
-        final = run_federation(grid, coord, deadlines)
+        secure = bool(cfg.get("secure-aggregation", False))
+        if secure:
+            check_config(coord.config)
+        final = run_federation(grid, coord, deadlines, secure=context if secure else None)
         outcome = {"status": "finished", "round": final["round"], "final": "results/federated/final.json"}
     except FedgliomaError as exc:
         outcome["error"] = str(exc)

@@ -189,7 +189,7 @@ def run_config(args: argparse.Namespace) -> str:
     """The ServerApp's run config (``flwr run --run-config``)."""
     values = {"workdir": str(Path(args.workdir).resolve()), "config": args.config,
               "round-deadline": float(args.round_deadline), "round-timeout": float(args.round_timeout),
-              "join-timeout": float(args.join_timeout)}
+              "join-timeout": float(args.join_timeout), "secure-aggregation": bool(args.secure_aggregation)}
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
@@ -198,6 +198,10 @@ def _run(args: argparse.Namespace) -> int:
     from fedglioma.federation.roles import CoordinatorRole
 
     coord = CoordinatorRole.open(args.workdir, args.config)
+    if args.secure_aggregation:
+        from fedglioma.federation.secure import check_config
+
+        check_config(coord.config)
     outcome = coord.path(OUTCOME)
     outcome.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedglioma-flower-") as tmp:
@@ -283,6 +287,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds after which a round closes with what arrived (default: 21600)")
     p.add_argument("--join-timeout", type=float, default=600.0,
                    help="seconds the first round waits for every site's SuperNode (default: 600)")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="train every round under Flower's SecAgg+: the coordinator sees only the weighted sum of the "
+                        "sites' parameters (strategy fedavg or fedprox, no update_norm_bound or update_min_cosine; "
+                        "at least 2 sites)")
     p.add_argument("--config", default="config/config.yaml", help="config, relative to --workdir")
     p.set_defaults(func=_run)
 

@@ -160,6 +160,18 @@ class SiteRole:
     def digest(self) -> str:
         return config_digest(self.config)
 
+    @property
+    def n_subjects(self) -> int:
+        """The site's training subjects (training and validation split), a public count: secure aggregation
+        scales the weights by the largest site's."""
+        from fedglioma.train.steps import read_training_set
+
+        with chdir(self.workdir):
+            return len(read_training_set(training_set_manifest(self.site), site=self.site))
+
+    def update_path(self, rnd: int) -> Path:
+        return self.workdir / site_round_dir(self.site, rnd) / "update.safetensors"
+
     def _sections(self) -> dict[str, Any]:
         c = self.config
         return {"model_cfg": c["model"], "train_cfg": c["train"], "federated_cfg": c["federated"],
@@ -329,6 +341,45 @@ class CoordinatorRole:
     def close_validation(self, rnd: int, validated: Sequence[str], missing: Mapping[str, str]) -> None:
         write_json(self.path(f"results/federated/round-{rnd}/validated.json"),
                    {"round": rnd, "sites": list(validated), "missing": dict(missing)})
+
+    def write_secure_global(self, rnd: int, mean: Sequence[Any], sites: Mapping[str, int], *, failures: int,
+                            absent: Sequence[str], secure: Mapping[str, Any]) -> dict[str, Any]:
+        """The global model of round ``rnd`` from secure aggregation's weighted mean of the shared parameters
+        (sorted by name, as :func:`fedglioma.federation.secure.shared_arrays` sends them); site-local parameters
+        come from the previous global model, as in :func:`fedglioma.federated.aggregate.aggregate_files`."""
+        import torch
+
+        from fedglioma.federated.exchange import load_params, save_params
+        from fedglioma.federated.params import split_params
+
+        fed = self.config["federated"]
+        prev, prev_side = load_params(self.path(global_model(rnd - 1)))
+        shared, local = split_params(prev, fed["site_local_patterns"])
+        names = sorted(shared)
+        if len(mean) != len(names):
+            raise ConfigError(f"round {rnd}: secure aggregation returned {len(mean)} arrays for {len(names)} shared "
+                              "parameters: every site must run the same fedglioma and config")
+        tensors = {}
+        for name, arr in zip(names, mean, strict=True):
+            t = torch.from_numpy(arr).to(shared[name].dtype)
+            if tuple(t.shape) != tuple(shared[name].shape):
+                raise ConfigError(f"round {rnd}: secure aggregation returned shape {tuple(t.shape)} for {name}, "
+                                  f"expected {tuple(shared[name].shape)}")
+            tensors[name] = t
+        quorum = min(max(2, int(fed["min_sites"])), len(self.sites))
+        side = {"kind": "global", "round": rnd, "previous_sha256": prev_side.get("sha256"),
+                "strategy": fed["strategy"], "model": prev_side.get("model"),
+                "site_local_patterns": list(fed["site_local_patterns"]), "quorum": quorum,
+                "n_train": int(sum(sites.values())),
+                "sites": [{"site": s, "n_train": n} for s, n in sorted(sites.items())],
+                "excluded": [{"site": s, "stage": "failed",
+                              "reason": "took no part in every stage of secure aggregation"} for s in absent],
+                "failures": failures, "secure_aggregation": dict(secure)}
+        out = save_params(self.path(global_model(rnd)), {**tensors, **local}, side)
+        base = self.path(f"results/federated/round-{rnd}")
+        save_params(base / "server_state.safetensors", {}, {"kind": "server_state", "round": rnd,
+                                                            "strategy": fed["strategy"]})
+        return out
 
     def select(self) -> dict[str, Any]:
         """The final round and thresholds (rule ``select_model``) from every validation received."""
