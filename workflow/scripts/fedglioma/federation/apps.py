@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedglioma.atomic import write_json
 from fedglioma.errors import ConfigError, FedgliomaError
-from fedglioma.federation.roles import CoordinatorRole, Payload, SiteRole
+from fedglioma.federation.roles import CoordinatorRole, Payload, SiteRole, global_model, received_dir
 from fedglioma.federation.secure import check_config, fit_reply, secure_mod, secure_round
 
 log = logging.getLogger("fedglioma.federation")
@@ -240,12 +240,13 @@ def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines, *, 
         roster.discover(grid, coord, timeout=30.0)
         t0 = clock()
         common = ConfigRecord({"round": rnd, "digest": coord.digest})
-        if secure is not None and not coord.path(f"results/federated/round-{rnd}/global.json").is_file():
+        aggregated = coord.path(global_model(rnd)).with_suffix(".json").is_file()  # a restarted coordinator
+        if secure is not None and not aggregated:
             side = secure_round(grid, secure, coord, roster.nodes, rnd, previous, roster.n_subjects,
                                 timeout=deadlines.timeout)
             log.info("round %d: secure aggregation of %s (error bound %.3g per parameter)", rnd,
                      ", ".join(e["site"] for e in side["sites"]), side["secure_aggregation"]["error_bound"])
-        elif not coord.path(f"results/federated/round-{rnd}/global.json").is_file():
+        elif not aggregated:
             out = _messages(roster, pack(previous, round=common), "train", rnd, deadlines)
             replies, away = collect(grid, out, t0, deadlines, coord.min_sites, clock=clock, sleep=sleep)
             for site in coord.sites:
@@ -267,7 +268,7 @@ def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines, *, 
                         only=_delivered(coord, rnd))
         replies, away = collect(grid, out, t1, deadlines, len(out), clock=clock, sleep=sleep)
         validated, missing = [], {}
-        for site in out:
+        for site in (s for s in coord.sites if s in out):  # sites.tsv order, not the order they joined in
             reply = replies.get(site)
             if reply is None or reply.has_error():
                 missing[site] = away.get(site, "no reply") if reply is None else _error(reply)
@@ -283,10 +284,10 @@ def run_federation(grid: Grid, coord: CoordinatorRole, deadlines: Deadlines, *, 
 def _delivered(coord: CoordinatorRole, rnd: int) -> set[str]:
     """The sites that hold round ``rnd``'s local state: they replied to its training, even with a failure (under
     secure aggregation: they took part in it)."""
-    glob = json.loads(coord.path(f"results/federated/round-{rnd}/global.json").read_text())
+    glob = json.loads(coord.path(global_model(rnd)).with_suffix(".json").read_text())
     out = {e["site"] for e in glob.get("sites", [])}
     for site in coord.sites:
-        side = coord.path(f"results/federated/round-{rnd}/received/{site}/update.json")
+        side = coord.path(received_dir(rnd, site)) / "update.json"
         if side.is_file() and json.loads(side.read_text()).get("attempts") != 0:
             out.add(site)
     return out

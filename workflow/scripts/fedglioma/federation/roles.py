@@ -342,8 +342,8 @@ class CoordinatorRole:
         write_json(self.path(f"results/federated/round-{rnd}/validated.json"),
                    {"round": rnd, "sites": list(validated), "missing": dict(missing)})
 
-    def write_secure_global(self, rnd: int, mean: Sequence[Any], sites: Mapping[str, int], *, failures: int,
-                            absent: Sequence[str], secure: Mapping[str, Any]) -> dict[str, Any]:
+    def write_secure_global(self, rnd: int, mean: Sequence[Any], sites: Mapping[str, int], *, quorum: int,
+                            failures: int, absent: Sequence[str], secure: Mapping[str, Any]) -> dict[str, Any]:
         """The global model of round ``rnd`` from secure aggregation's weighted mean of the shared parameters
         (sorted by name, as :func:`fedglioma.federation.secure.shared_arrays` sends them); site-local parameters
         come from the previous global model, as in :func:`fedglioma.federated.aggregate.aggregate_files`."""
@@ -366,7 +366,6 @@ class CoordinatorRole:
                 raise ConfigError(f"round {rnd}: secure aggregation returned shape {tuple(t.shape)} for {name}, "
                                   f"expected {tuple(shared[name].shape)}")
             tensors[name] = t
-        quorum = min(max(2, int(fed["min_sites"])), len(self.sites))
         side = {"kind": "global", "round": rnd, "previous_sha256": prev_side.get("sha256"),
                 "strategy": fed["strategy"], "model": prev_side.get("model"),
                 "site_local_patterns": list(fed["site_local_patterns"]), "quorum": quorum,

@@ -107,6 +107,9 @@ def secure_round(grid: Grid, context: Context, coord: CoordinatorRole, nodes: Ma
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
     site_of = {node: site for site, node in nodes.items()}
+    # at least 2 (SecAgg+ needs a pair), at most the sites asked: the masks' reconstruction threshold, and the
+    # quorum recorded with the global model
+    quorum = min(max(2, coord.min_sites), len(nodes))
     max_weight = float(max(n_train[s] for s in nodes))
     written: dict[str, Any] = {}
 
@@ -126,7 +129,8 @@ def secure_round(grid: Grid, context: Context, coord: CoordinatorRole, nodes: Ma
             sites = {site_of[proxy.node_id]: int(res.num_examples) for proxy, res in results}
             mean = parameters_to_ndarrays(results[0][1].parameters) if results else []
             written.update(coord.write_secure_global(
-                rnd, mean, sites, failures=len(failures), absent=sorted(set(coord.sites) - set(sites)),
+                rnd, mean, sites, quorum=quorum, failures=len(failures),
+                absent=sorted(set(coord.sites) - set(sites)),
                 secure={"clipping_range": CLIPPING_RANGE, "quantization_range": QUANTIZATION_RANGE,
                         "modulus_range": MODULUS_RANGE, "max_weight": max_weight,
                         "error_bound": error_bound(list(sites.values()), max_weight) if sites else None}))
@@ -144,10 +148,9 @@ def secure_round(grid: Grid, context: Context, coord: CoordinatorRole, nodes: Ma
     legacy = LegacyContext(context, strategy=Secure())
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
-    quorum = max(2, coord.min_sites)
     # every site holds a share of every other's secrets (num_shares 1.0: all); the masks of a site that drops out
     # after sending can be removed as long as the quorum of sites is left
-    SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=min(quorum, len(nodes)),
+    SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=quorum,
                        max_weight=max_weight, clipping_range=CLIPPING_RANGE, quantization_range=QUANTIZATION_RANGE,
                        modulus_range=MODULUS_RANGE, timeout=timeout)(grid, legacy)
     if not written:
